@@ -1,0 +1,314 @@
+"""Write a release folder: statistics + source weights -> release tensors, config, loader, record.
+
+Streams the source: non-MLP tensors are copied one at a time and each MLP is transformed on its own,
+so memory holds one output shard plus one layer. Written atomically (see `release_dir`).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+from packager import TRANSFORMERS_RANGE, __version__
+from packager.calibrate import Stats
+from packager.checkpoint import Checkpoint
+from packager.errors import UsageError
+from packager.record import payload_digests, write_record
+from packager.release_dir import atomic_folder
+from packager.secret import Secret
+from packager.series.activations import get_activation
+from packager.transform import (
+    FITS,
+    Hardening,
+    LayerPlan,
+    SourceMLP,
+    build_layer,
+    fit_layer,
+    layer_generator,
+    secret_id,
+    select_channels,
+)
+
+FORMAT_VERSION = 1
+RUNTIME_DIR = Path(__file__).resolve().parent / "runtime"
+RUNTIME_FILES = ("configuration_unswift.py", "modeling_unswift.py")
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DEFAULT_SHARD_BYTES = 2 * 1024**3
+
+
+@dataclass(frozen=True)
+class ConvertOptions:
+    """Every option that changes a byte of the release (recorded in config.json["unswift"])."""
+
+    order: int = 8
+    coverage: float | None = None  # None: auto
+    fit: str = "weighted"
+    hardening: bool = True
+    dtype: str | None = None  # None: the source's
+    min_top1: float = 0.995
+    license: str | None = None
+    base_model: str | None = None
+    max_shard_bytes: int = DEFAULT_SHARD_BYTES
+
+    def validate(self) -> None:
+        """Raise UsageError for an impossible option before any work is done."""
+        if not isinstance(self.order, int) or self.order < 1:
+            raise UsageError(f"--order {self.order} is invalid: the series needs order >= 1")
+        if self.order > 32:
+            raise UsageError(f"--order {self.order} is too large: use at most 32")
+        if self.coverage is not None and not (0.0 < self.coverage <= 1.0):
+            raise UsageError(f"--coverage {self.coverage} is outside (0, 1]: pass a fraction such as 0.7, or auto")
+        if self.fit not in FITS:
+            raise UsageError(f"--fit {self.fit!r} is unknown; choose one of {', '.join(FITS)}")
+        if self.dtype is not None and self.dtype not in DTYPES:
+            raise UsageError(f"--dtype {self.dtype!r} is unknown; choose one of {', '.join(DTYPES)}")
+        if not (0.0 < self.min_top1 <= 1.0):
+            raise UsageError(f"--min-top1 {self.min_top1} is outside (0, 1]")
+
+    @property
+    def hardening_scheme(self) -> Hardening:
+        return Hardening() if self.hardening else Hardening.paper()
+
+
+@dataclass(frozen=True)
+class ConvertResult:
+    release_dir: Path
+    spec: dict
+    release_bytes: int
+    source_bytes: int
+    coverage_trials: list[dict] = field(default_factory=list)
+
+    def to_json(self) -> dict:
+        return {
+            "release_dir": str(self.release_dir), "order": self.spec["order"], "coverage": self.spec["coverage"],
+            "fit": self.spec["fit"], "hardening": self.spec["hardening"]["enabled"],
+            "release_bytes": self.release_bytes, "source_bytes": self.source_bytes,
+            "coverage_trials": self.coverage_trials,
+        }
+
+
+def source_mlp(checkpoint: Checkpoint, layer: int) -> SourceMLP:
+    """Read one layer's MLP tensors from the checkpoint (float64)."""
+    a = checkpoint.adapter
+
+    def get(name: str | None, kind: str = "weight") -> torch.Tensor | None:
+        if name is None:
+            return None
+        key = a.key(layer, name, kind)
+        return checkpoint.tensor(key).double() if checkpoint.has(key) else None
+
+    return SourceMLP(gate=get(a.gate), down=get(a.down), up=get(a.up), gate_bias=get(a.gate, "bias"),
+                     up_bias=get(a.up, "bias"), down_bias=get(a.down, "bias"))
+
+
+def plan_layers(checkpoint: Checkpoint, stats: Stats, options: ConvertOptions) -> list[LayerPlan]:
+    """Fit every channel of every layer (cheap: statistics plus down-column norms)."""
+    if len(stats.layers) != checkpoint.num_layers:
+        raise UsageError(
+            f"statistics have {len(stats.layers)} layers but the checkpoint has {checkpoint.num_layers}; "
+            "they come from another model: re-run `unswift calibrate` on this checkpoint"
+        )
+    activation = get_activation(checkpoint.adapter.activation_name(checkpoint.config))
+    plans = []
+    for layer, layer_stats in enumerate(stats.layers):
+        down = checkpoint.tensor(checkpoint.adapter.key(layer, checkpoint.adapter.down)).double()
+        if down.shape[1] != layer_stats.min.numel():
+            raise UsageError(f"statistics of layer {layer} do not match the checkpoint's MLP width; re-calibrate")
+        plans.append(fit_layer(activation, layer_stats, down.norm(dim=0), order=options.order, fit=options.fit,
+                               normalise=options.hardening_scheme.normalise))
+    return plans
+
+
+def layer_tensors(checkpoint: Checkpoint, plans: list[LayerPlan], masks: list[torch.Tensor],
+                  options: ConvertOptions, secret: bytes, layer: int) -> dict[str, torch.Tensor]:
+    """The release tensors of one layer's MLP, named as in the release (float64)."""
+    tensors = build_layer(source_mlp(checkpoint, layer), plans[layer].fit, masks[layer],
+                          options.hardening_scheme, layer_generator(secret, layer))
+    prefix = checkpoint.adapter.mlp_prefix(layer)
+    return {prefix + name: value for name, value in tensors.items()}
+
+
+def release_spec(checkpoint: Checkpoint, stats: Stats, options: ConvertOptions, masks: list[torch.Tensor],
+                 plans: list[LayerPlan], secret: bytes, dtype_name: str) -> dict:
+    """config.json["unswift"]: every parameter of the transform (the one source of truth)."""
+    adapter = checkpoint.adapter
+    hidden_act = adapter.activation_name(checkpoint.config)
+    expanded = sum(int(m.sum()) for m in masks)
+    total = sum(m.numel() for m in masks)
+    fit = plans[0].fit
+    has_down_bias = checkpoint.has(adapter.key(0, adapter.down, "bias"))
+    return {
+        "format_version": FORMAT_VERSION,
+        "tool_version": __version__,
+        "base_model_type": adapter.base_model_type,
+        "family": adapter.family,
+        "hidden_act": hidden_act,
+        "activation": get_activation(hidden_act).name,
+        "gated": adapter.gated,
+        "order": options.order,
+        "basis": fit.basis,
+        "extrapolation": fit.extrapolation,
+        "fit": options.fit,
+        "fit_parameters": _fit_parameters(options),
+        "coverage": expanded / total,
+        "requested_coverage": "auto" if options.coverage is None else options.coverage,
+        "min_top1": options.min_top1,
+        "layers": [{"intermediate": int(m.numel()), "expanded": int(m.sum())} for m in masks],
+        "out_bias": has_down_bias,
+        "hardening": {"enabled": options.hardening, **options.hardening_scheme.to_json(),
+                      "scale_range": [0.5, 2.0] if options.hardening_scheme.scales else None,
+                      "secret_id": secret_id(secret)},
+        "calibration": stats.summary(),
+        "dtype": dtype_name,
+        "transformers": TRANSFORMERS_RANGE,
+    }
+
+
+def _fit_parameters(options: ConvertOptions) -> dict:
+    from packager.series.fit import TRIM_CANDIDATES, UNIFORM_FLOOR
+
+    if options.fit == "taylor":
+        return {"centre": "midpoint of calibrated range", "coefficients": "f^(n)(z0)/n!",
+                "normalised": options.hardening_scheme.normalise}
+    return {"basis": "chebyshev", "weights": "calibrated density", "uniform_floor": UNIFORM_FLOOR,
+            "trim_candidates": list(TRIM_CANDIDATES), "extrapolation": "linear",
+            "selection": "global, by expected output error"}
+
+
+def release_config(checkpoint: Checkpoint, spec: dict) -> dict:
+    config = json.loads((checkpoint.path / "config.json").read_text())
+    adapter = checkpoint.adapter
+    config["model_type"] = f"unswift_{adapter.base_model_type}"
+    config["architectures"] = [adapter.runtime_classes()["AutoModelForCausalLM"].split(".")[-1]]
+    config["auto_map"] = adapter.runtime_classes()
+    config["dtype"] = spec["dtype"]
+    config.pop("torch_dtype", None)
+    config["unswift"] = spec
+    return config
+
+
+class _ShardWriter:
+    """Accumulates tensors and writes safetensors shards of at most `limit` bytes."""
+
+    def __init__(self, folder: Path, limit: int) -> None:
+        self.folder, self.limit = folder, limit
+        self.pending: dict[str, torch.Tensor] = {}
+        self.pending_bytes = 0
+        self.shards: list[list[str]] = []
+        self.total_bytes = 0
+
+    def add(self, name: str, tensor: torch.Tensor) -> None:
+        size = tensor.numel() * tensor.element_size()
+        if self.pending and self.pending_bytes + size > self.limit:
+            self.flush()
+        self.pending[name] = tensor.contiguous()
+        self.pending_bytes += size
+        self.total_bytes += size
+
+    def flush(self) -> None:
+        if not self.pending:
+            return
+        index = len(self.shards)
+        save_file(self.pending, str(self.folder / f".shard-{index:05d}.safetensors"),
+                  metadata={"format": "pt", "unswift_format_version": str(FORMAT_VERSION)})
+        self.shards.append(list(self.pending))
+        self.pending, self.pending_bytes = {}, 0
+
+    def finish(self) -> list[str]:
+        self.flush()
+        count = len(self.shards)
+        names = ["model.safetensors"] if count == 1 else [
+            f"model-{i + 1:05d}-of-{count:05d}.safetensors" for i in range(count)]
+        for i, name in enumerate(names):
+            (self.folder / f".shard-{i:05d}.safetensors").rename(self.folder / name)
+        if count > 1:
+            weight_map = {key: names[i] for i, keys in enumerate(self.shards) for key in keys}
+            index = {"metadata": {"total_size": self.total_bytes}, "weight_map": dict(sorted(weight_map.items()))}
+            (self.folder / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
+        return names
+
+
+def write_release(checkpoint: Checkpoint, out: Path, *, stats: Stats, options: ConvertOptions,
+                  plans: list[LayerPlan], masks: list[torch.Tensor], secret: Secret, overwrite: bool,
+                  progress: Callable[[str], None] | None = None, extra_record: dict | None = None,
+                  ) -> ConvertResult:
+    """Write the release folder atomically and return what was written."""
+    say = progress or (lambda _msg: None)
+    dtype_name = options.dtype or _dtype_name(checkpoint.source_dtype)
+    dtype = DTYPES[dtype_name]
+    spec = release_spec(checkpoint, stats, options, masks, plans, secret.value, dtype_name)
+    adapter = checkpoint.adapter
+    mlp_prefixes = tuple(adapter.mlp_prefix(i) for i in range(checkpoint.num_layers))
+    with atomic_folder(out, overwrite=overwrite) as staging:
+        writer = _ShardWriter(staging, options.max_shard_bytes)
+        for key in sorted(checkpoint.key_to_file):
+            if not key.startswith(mlp_prefixes):
+                tensor = checkpoint.tensor(key)
+                writer.add(key, tensor.to(dtype) if tensor.is_floating_point() else tensor)
+        for layer in range(checkpoint.num_layers):
+            say(f"layer {layer + 1}/{checkpoint.num_layers}: {int(masks[layer].sum())} channels expanded")
+            for name, tensor in layer_tensors(checkpoint, plans, masks, options, secret.value, layer).items():
+                writer.add(name, tensor.to(dtype))
+        shard_names = writer.finish()
+        config = release_config(checkpoint, spec)
+        (staging / "config.json").write_text(json.dumps(config, indent=2, sort_keys=False) + "\n")
+        for name in RUNTIME_FILES:
+            shutil.copyfile(RUNTIME_DIR / name, staging / name)
+        for file in [*checkpoint.tokenizer_files, *checkpoint.license_files]:
+            shutil.copyfile(file, staging / file.name)
+        if (checkpoint.path / "generation_config.json").is_file():
+            shutil.copyfile(checkpoint.path / "generation_config.json", staging / "generation_config.json")
+        source_bytes = sum(f.stat().st_size for f in checkpoint.weight_files)
+        release_bytes = sum((staging / n).stat().st_size for n in shard_names)
+        record = initial_record(checkpoint, options, spec, stats, source_bytes, release_bytes, extra_record or {})
+        record["payload"] = payload_digests(staging)
+        write_record(staging, record)
+    return ConvertResult(out, spec, release_bytes, source_bytes, (extra_record or {}).get("coverage_trials", []))
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    for name, value in DTYPES.items():
+        if value == dtype:
+            return name
+    return "float32"
+
+
+def initial_record(checkpoint: Checkpoint, options: ConvertOptions, spec: dict, stats: Stats,
+                   source_bytes: int, release_bytes: int, extra: dict) -> dict:
+    """unswift.json as convert leaves it: measurements empty until eval/bench/audit fill them."""
+    from packager.digest import sha256_text
+
+    license_name = options.license or _license_from_config(checkpoint)
+    return {
+        "format_version": FORMAT_VERSION,
+        "tool": {"name": "unswift", "version": __version__},
+        "transformers": TRANSFORMERS_RANGE,
+        "source": {
+            "name": checkpoint.name, "base_model": options.base_model, "license": license_name,
+            "model_type": checkpoint.config.model_type,
+            "architecture": (checkpoint.config.architectures or [None])[0],
+            "dtype": _dtype_name(checkpoint.source_dtype), "num_parameters": checkpoint.num_parameters(),
+            "files": checkpoint.file_digests(),
+        },
+        "transform": spec,
+        "calibration": stats.summary(),
+        "inputs": {"source": stats.source_digest, "options": sha256_text(json.dumps(
+            {k: v for k, v in options.__dict__.items() if k not in ("license", "base_model")}, sort_keys=True))},
+        "size": {"release_bytes": release_bytes, "source_bytes": source_bytes},
+        "coverage_trials": extra.get("coverage_trials", []),
+        "eval": None,
+        "bench": [],
+        "audit": None,
+        "signing": {"key_fingerprint": None},
+        "payload": {},
+    }
+
+
+def _license_from_config(checkpoint: Checkpoint) -> str | None:
+    return getattr(checkpoint.config, "license", None)

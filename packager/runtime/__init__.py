@@ -1,0 +1,1 @@
+"""The loader shipped inside every release (copied verbatim; imports only stdlib, torch, transformers)."""

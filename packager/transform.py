@@ -1,0 +1,162 @@
+"""TaylorMLP transform of one MLP: fits, channel selection, hardening and the release tensors.
+
+Pure tensor mathematics (float64 throughout, one cast at the end); `convert` does the I/O.
+
+For an expanded channel j with fit (z0_j, h_j, c_j), secret sign s_j, scale a_j and the source rows
+W_g[j], b_g[j], W_u[j] and down column w_j, the release holds
+    gate row  s_j W_g[j] / h_j,  bias  s_j (b_g[j] - z0_j) / h_j,  up row  a_j W_u[j],
+    Θ_{j,n} = w_j c_{j,n} s_j^n / a_j,
+so that Σ_n Θ_{j,n} B_n(t_j) u'_j = w_j p_j(g_j) u_j, with p_j ≈ f on the calibrated range.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from dataclasses import dataclass
+
+import torch
+
+from packager.calibrate import LayerStats
+from packager.series.activations import Activation
+from packager.series.fit import ChannelFit, fit_taylor, fit_weighted
+
+FITS = ("weighted", "taylor")
+#: Range of the secret per-channel scale a_j (log-uniform); powers of two would leave exact copies.
+SCALE_RANGE = (0.5, 2.0)
+
+
+@dataclass(frozen=True)
+class Hardening:
+    """Which secret transformations are applied; all randomness derives from the release secret."""
+
+    signs: bool = True
+    scales: bool = True
+    permutation: bool = True
+    normalise: bool = True  # h_j = half-range (hides the centre in the bias); False = the paper's h = 1
+
+    @classmethod
+    def paper(cls) -> Hardening:
+        """The research release: a random sign per channel, plaintext centres, nothing else."""
+        return cls(signs=True, scales=False, permutation=False, normalise=False)
+
+    def to_json(self) -> dict:
+        return {"signs": self.signs, "scales": self.scales, "permutation": self.permutation,
+                "normalised_centres": self.normalise}
+
+
+@dataclass(frozen=True)
+class LayerPlan:
+    """One layer's fits for every channel and the score used to rank channels for expansion."""
+
+    fit: ChannelFit
+    score: torch.Tensor  # larger = worse to expand (expected output error), per channel
+    width: torch.Tensor  # calibrated range max - min, per channel
+
+
+def fit_layer(activation: Activation, stats: LayerStats, down_norms: torch.Tensor, *, order: int, fit: str,
+              normalise: bool) -> LayerPlan:
+    """Fit every channel of one layer and score it by the output error it would add."""
+    histogram = stats.histogram
+    if fit == "taylor":
+        channel_fit = fit_taylor(activation, stats.min, stats.max, order, normalise=normalise, histogram=histogram)
+    elif fit == "weighted":
+        channel_fit = fit_weighted(activation, histogram, order)
+    else:
+        raise ValueError(f"unknown fit {fit!r}; expected one of {FITS}")
+    up = stats.up_rms.double() if stats.up_rms.abs().sum() > 0 else torch.ones_like(channel_fit.error)
+    score = channel_fit.error * up * down_norms.double()
+    return LayerPlan(channel_fit, score, (stats.max - stats.min).double())
+
+
+def select_channels(plans: list[LayerPlan], coverage: float, fit: str) -> list[torch.Tensor]:
+    """Boolean masks of expanded channels per layer.
+
+    `taylor` follows the paper: per layer, the channels with the narrowest calibrated ranges.
+    `weighted` ranks all channels of the model together by expected output error, keeping in
+    plaintext those whose series would cost the most.
+    """
+    if fit == "taylor":
+        masks = []
+        for plan in plans:
+            count = int(round(coverage * plan.width.numel()))
+            mask = torch.zeros(plan.width.numel(), dtype=torch.bool)
+            mask[torch.argsort(plan.width, stable=True)[:count]] = True
+            masks.append(mask)
+        return masks
+    scores = torch.cat([plan.score for plan in plans])
+    count = int(round(coverage * scores.numel()))
+    chosen = torch.zeros(scores.numel(), dtype=torch.bool)
+    chosen[torch.argsort(scores, stable=True)[:count]] = True
+    return list(torch.split(chosen, [plan.score.numel() for plan in plans]))
+
+
+def layer_generator(secret: bytes, layer: int) -> torch.Generator:
+    """A torch.Generator for one layer, derived from the release secret (HMAC-SHA256)."""
+    digest = hmac.new(secret, f"unswift/layer/{layer}".encode(), hashlib.sha256).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & (2**63 - 1))
+
+
+def secret_id(secret: bytes) -> str:
+    """A public identifier of the secret (HMAC of a constant): matches secrets, reveals nothing."""
+    return hmac.new(secret, b"unswift/secret-id", hashlib.sha256).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class SourceMLP:
+    """One source MLP in float64: gate (or fc1) rows, optional up rows, down matrix, optional biases."""
+
+    gate: torch.Tensor  # [I, H]
+    down: torch.Tensor  # [H, I]
+    up: torch.Tensor | None = None
+    gate_bias: torch.Tensor | None = None
+    up_bias: torch.Tensor | None = None
+    down_bias: torch.Tensor | None = None
+
+
+def build_layer(source: SourceMLP, fit: ChannelFit, expanded: torch.Tensor, hardening: Hardening,
+                generator: torch.Generator) -> dict[str, torch.Tensor]:
+    """The release tensors of one MLP (`in_proj.weight`, `in_proj.bias`, `theta`, `out_bias`), float64."""
+    intermediate = source.gate.shape[0]
+    gate = source.gate.double()
+    gate_bias = source.gate_bias.double() if source.gate_bias is not None else torch.zeros(intermediate).double()
+    idx_exp = torch.nonzero(expanded).flatten()
+    idx_plain = torch.nonzero(~expanded).flatten()
+    # Secret draws happen in a fixed order so that a given secret always gives the same release.
+    signs = torch.where(torch.rand(intermediate, generator=generator) < 0.5, -1.0, 1.0).double()
+    log_lo, log_hi = torch.log(torch.tensor(SCALE_RANGE, dtype=torch.float64))
+    scales = torch.exp(log_lo + (log_hi - log_lo) * torch.rand(intermediate, generator=generator).double())
+    perm_exp = torch.randperm(idx_exp.numel(), generator=generator)
+    perm_plain = torch.randperm(idx_plain.numel(), generator=generator)
+    if not hardening.signs:
+        signs = torch.ones_like(signs)
+    if not (hardening.scales and source.up is not None):
+        scales = torch.ones_like(scales)
+    if hardening.permutation:
+        idx_exp, idx_plain = idx_exp[perm_exp], idx_plain[perm_plain]
+
+    s, a = signs[idx_exp], scales[idx_exp]
+    z0, h = fit.centre[idx_exp].double(), fit.half_width[idx_exp].double()
+    order = fit.coefficients.shape[-1] - 1
+    n = torch.arange(order + 1, dtype=torch.float64)
+    coefficients = fit.coefficients[idx_exp].double() * s.unsqueeze(-1).pow(n)  # parity: B_n(-t) = (-1)^n B_n(t)
+    gate_rows = torch.cat([gate[idx_exp] * (s / h).unsqueeze(-1), gate[idx_plain]])
+    gate_bias_rows = torch.cat([(gate_bias[idx_exp] - z0) * s / h, gate_bias[idx_plain]])
+    w = source.down.double()
+    theta_exp = (w[:, idx_exp] / a).unsqueeze(-1) * coefficients.unsqueeze(0)  # [H, S, N+1]
+    theta = torch.cat([theta_exp.flatten(1), w[:, idx_plain]], dim=1)
+    tensors: dict[str, torch.Tensor] = {}
+    if source.up is not None:
+        up = source.up.double()
+        up_bias = source.up_bias.double() if source.up_bias is not None else torch.zeros(intermediate).double()
+        up_rows = torch.cat([up[idx_exp] * a.unsqueeze(-1), up[idx_plain]])
+        up_bias_rows = torch.cat([up_bias[idx_exp] * a, up_bias[idx_plain]])
+        tensors["in_proj.weight"] = torch.cat([gate_rows, up_rows])
+        tensors["in_proj.bias"] = torch.cat([gate_bias_rows, up_bias_rows])
+    else:
+        tensors["in_proj.weight"] = gate_rows
+        tensors["in_proj.bias"] = gate_bias_rows
+    tensors["theta"] = theta
+    if source.down_bias is not None:
+        tensors["out_bias"] = source.down_bias.double()
+    return tensors
