@@ -30,7 +30,11 @@ DEFAULT_BINS = 256
 
 @dataclass(frozen=True)
 class LayerStats:
-    """Statistics of one layer's gate pre-activations g (and up projections u), one entry per channel."""
+    """Statistics of one MLP unit's gate pre-activations g (and up projections u), one entry per channel.
+
+    A unit is a dense layer's MLP, a routed expert or a shared expert (`Adapter.units`); `Stats.layers`
+    holds one entry per unit, in that order (for dense models, one per layer).
+    """
 
     min: torch.Tensor
     max: torch.Tensor
@@ -101,14 +105,16 @@ class Stats:
 @contextlib.contextmanager
 def _mlp_hooks(checkpoint: Checkpoint, model, sink: Callable[[int, torch.Tensor, torch.Tensor | None], None]
                ) -> Iterator[None]:
-    """Call sink(layer, g, u) on every MLP input; the hooks are always removed."""
-    adapter = checkpoint.adapter
+    """Call sink(unit, g, u) with the pre-activations every MLP unit sees; the hooks are always removed.
+
+    A routed expert's unit only sees the tokens routed to it (see `Adapter.taps`).
+    """
     handles = []
-    for index, mlp in enumerate(adapter.mlp_modules(model)):
-        def hook(module, args, index=index):
-            g, u = adapter.preactivations(module, args[0])
-            sink(index, g.reshape(-1, g.shape[-1]), None if u is None else u.reshape(-1, u.shape[-1]))
-        handles.append(mlp.register_forward_pre_hook(hook))
+    for module, tap in checkpoint.adapter.taps(model):
+        def hook(module, args, kwargs, tap=tap):
+            for index, g, u in tap(module, args, kwargs):
+                sink(index, g.reshape(-1, g.shape[-1]), None if u is None else u.reshape(-1, u.shape[-1]))
+        handles.append(module.register_forward_pre_hook(hook, with_kwargs=True))
     try:
         yield
     finally:
@@ -165,7 +171,8 @@ def calibrate(
         UsageError: the text source is missing, empty, or needs a tokenizer the checkpoint lacks.
     """
     if tokens < 32:
-        raise UsageError(f"--calibration-tokens {tokens} is too small; use at least 32 (default {DEFAULT_TOKENS})")
+        raise UsageError(
+            f"--calibration-tokens {tokens} is too small; use at least 32 (default {DEFAULT_TOKENS})")
     say = progress or (lambda _msg: None)
     model = model if model is not None else checkpoint.load_model(torch.float32, device)
     tokenizer = checkpoint.load_tokenizer()
@@ -173,15 +180,16 @@ def calibrate(
         token_text: TokenText = load_text(text, tokenizer, tokens=tokens, seq_len=seq_len)
     else:
         say(f"sampling {tokens} calibration tokens from the model (seed {seed})")
-        token_text = sample_text(model, tokenizer, kind="calibration", tokens=tokens, seq_len=seq_len, seed=seed)
+        token_text = sample_text(model, tokenizer, kind="calibration", tokens=tokens, seq_len=seq_len,
+                                 seed=seed)
     ids = token_text.ids
     heldout = max(1, ids.shape[0] // 10) if ids.shape[0] > 1 else 0
     fit_ids, held_ids = ids[: ids.shape[0] - heldout], ids[ids.shape[0] - heldout :]
     if heldout == 0:  # a single sequence: hold out its last tenth of positions instead
         cut = max(1, ids.shape[1] * 9 // 10)
         fit_ids, held_ids = ids[:, :cut], ids[:, cut:]
-    layers = checkpoint.num_layers
-    moments = [_Moments() for _ in range(layers)]
+    units = checkpoint.adapter.units(checkpoint.config)
+    moments = [_Moments() for _ in units]
 
     def first(index: int, g: torch.Tensor, u: torch.Tensor | None) -> None:
         moments[index].add(g, u)
@@ -190,6 +198,13 @@ def calibrate(
     with _mlp_hooks(checkpoint, model, first):
         for batch in _batches(fit_ids, batch_size):
             model(input_ids=batch.to(device))
+    unseen = [unit.name for unit, m in zip(units, moments, strict=True) if m.count == 0]
+    if unseen:
+        raise UsageError(
+            f"{len(unseen)} MLP unit(s) received no calibration tokens (first: '{unseen[0]}'); an expert's "
+            "statistics come only from the tokens routed to it: pass more --calibration-tokens or more "
+            "varied text"
+        )
     counts = [torch.zeros(m.mean.shape[0], bins, dtype=torch.float64) for m in moments]
     outside = torch.zeros(2, dtype=torch.float64)  # [outside, total] of held-out activations
     counting_heldout = [False]
@@ -217,7 +232,8 @@ def calibrate(
     for m, c in zip(moments, counts, strict=True):
         std = (m.m2 / max(m.count - 1, 1)).sqrt()
         stats_layers.append(LayerStats(
-            min=m.min.float().cpu(), max=m.max.float().cpu(), mean=m.mean.float().cpu(), std=std.float().cpu(),
+            min=m.min.float().cpu(), max=m.max.float().cpu(), mean=m.mean.float().cpu(),
+            std=std.float().cpu(),
             up_rms=(m.up_sq / m.count).sqrt().float().cpu(), counts=c.float(),
         ))
     return Stats(

@@ -16,6 +16,7 @@ import torch
 from safetensors.torch import save_file
 
 from packager import TRANSFORMERS_RANGE, __version__
+from packager.architectures import Unit
 from packager.calibrate import Stats
 from packager.checkpoint import Checkpoint
 from packager.errors import UsageError
@@ -32,7 +33,6 @@ from packager.transform import (
     fit_layer,
     layer_generator,
     secret_id,
-    select_channels,
 )
 
 FORMAT_VERSION = 1
@@ -63,7 +63,8 @@ class ConvertOptions:
         if self.order > 32:
             raise UsageError(f"--order {self.order} is too large: use at most 32")
         if self.coverage is not None and not (0.0 < self.coverage <= 1.0):
-            raise UsageError(f"--coverage {self.coverage} is outside (0, 1]: pass a fraction such as 0.7, or auto")
+            raise UsageError(
+                f"--coverage {self.coverage} is outside (0, 1]: pass a fraction such as 0.7, or auto")
         if self.fit not in FITS:
             raise UsageError(f"--fit {self.fit!r} is unknown; choose one of {', '.join(FITS)}")
         if self.dtype is not None and self.dtype not in DTYPES:
@@ -86,52 +87,54 @@ class ConvertResult:
 
     def to_json(self) -> dict:
         return {
-            "release_dir": str(self.release_dir), "order": self.spec["order"], "coverage": self.spec["coverage"],
+            "release_dir": str(self.release_dir), "order": self.spec["order"],
+            "coverage": self.spec["coverage"],
             "fit": self.spec["fit"], "hardening": self.spec["hardening"]["enabled"],
             "release_bytes": self.release_bytes, "source_bytes": self.source_bytes,
             "coverage_trials": self.coverage_trials,
         }
 
 
-def source_mlp(checkpoint: Checkpoint, layer: int) -> SourceMLP:
-    """Read one layer's MLP tensors from the checkpoint (float64)."""
-    a = checkpoint.adapter
+def mlp_units(checkpoint: Checkpoint) -> list[Unit]:
+    """The MLP units the release replaces: one per dense layer, one per expert (see `Adapter.units`)."""
+    return checkpoint.adapter.units(checkpoint.config)
 
-    def get(name: str | None, kind: str = "weight") -> torch.Tensor | None:
-        if name is None:
-            return None
-        key = a.key(layer, name, kind)
-        return checkpoint.tensor(key).double() if checkpoint.has(key) else None
 
-    return SourceMLP(gate=get(a.gate), down=get(a.down), up=get(a.up), gate_bias=get(a.gate, "bias"),
-                     up_bias=get(a.up, "bias"), down_bias=get(a.down, "bias"))
+def source_mlp(checkpoint: Checkpoint, unit: Unit | int) -> SourceMLP:
+    """Read one MLP unit's tensors from the checkpoint (float64); an int is a unit index."""
+    if isinstance(unit, int):
+        unit = mlp_units(checkpoint)[unit]
+    parts = checkpoint.adapter.read_mlp(checkpoint, unit)
+    return SourceMLP(**{name: tensor.double() for name, tensor in parts.items()})
 
 
 def plan_layers(checkpoint: Checkpoint, stats: Stats, options: ConvertOptions) -> list[LayerPlan]:
-    """Fit every channel of every layer (cheap: statistics plus down-column norms)."""
-    if len(stats.layers) != checkpoint.num_layers:
+    """Fit every channel of every MLP unit (cheap: statistics plus down-column norms)."""
+    units = mlp_units(checkpoint)
+    if len(stats.layers) != len(units):
         raise UsageError(
-            f"statistics have {len(stats.layers)} layers but the checkpoint has {checkpoint.num_layers}; "
+            f"statistics have {len(stats.layers)} MLP units but the checkpoint has {len(units)}; "
             "they come from another model: re-run `unswift calibrate` on this checkpoint"
         )
     activation = get_activation(checkpoint.adapter.activation_name(checkpoint.config))
     plans = []
-    for layer, layer_stats in enumerate(stats.layers):
-        down = checkpoint.tensor(checkpoint.adapter.key(layer, checkpoint.adapter.down)).double()
+    for unit, layer_stats in zip(units, stats.layers, strict=True):
+        down = checkpoint.adapter.read_mlp(checkpoint, unit, parts=("down",))["down"].double()
         if down.shape[1] != layer_stats.min.numel():
-            raise UsageError(f"statistics of layer {layer} do not match the checkpoint's MLP width; re-calibrate")
-        plans.append(fit_layer(activation, layer_stats, down.norm(dim=0), order=options.order, fit=options.fit,
-                               normalise=options.hardening_scheme.normalise))
+            raise UsageError(
+                f"statistics of '{unit.name}' do not match the checkpoint's MLP width; re-calibrate")
+        plans.append(fit_layer(activation, layer_stats, down.norm(dim=0), order=options.order,
+                               fit=options.fit, normalise=options.hardening_scheme.normalise))
     return plans
 
 
 def layer_tensors(checkpoint: Checkpoint, plans: list[LayerPlan], masks: list[torch.Tensor],
                   options: ConvertOptions, secret: bytes, layer: int) -> dict[str, torch.Tensor]:
-    """The release tensors of one layer's MLP, named as in the release (float64)."""
-    tensors = build_layer(source_mlp(checkpoint, layer), plans[layer].fit, masks[layer],
+    """The release tensors of MLP unit `layer` (a layer's MLP or an expert), named as released (float64)."""
+    unit = mlp_units(checkpoint)[layer]
+    tensors = build_layer(source_mlp(checkpoint, unit), plans[layer].fit, masks[layer],
                           options.hardening_scheme, layer_generator(secret, layer))
-    prefix = checkpoint.adapter.mlp_prefix(layer)
-    return {prefix + name: value for name, value in tensors.items()}
+    return {unit.prefix + name: value for name, value in tensors.items()}
 
 
 def release_spec(checkpoint: Checkpoint, stats: Stats, options: ConvertOptions, masks: list[torch.Tensor],
@@ -142,7 +145,8 @@ def release_spec(checkpoint: Checkpoint, stats: Stats, options: ConvertOptions, 
     expanded = sum(int(m.sum()) for m in masks)
     total = sum(m.numel() for m in masks)
     fit = plans[0].fit
-    has_down_bias = checkpoint.has(adapter.key(0, adapter.down, "bias"))
+    units = mlp_units(checkpoint)
+    has_down_bias = "down_bias" in adapter.read_mlp(checkpoint, units[0], parts=("down_bias",))
     return {
         "format_version": FORMAT_VERSION,
         "tool_version": __version__,
@@ -159,7 +163,9 @@ def release_spec(checkpoint: Checkpoint, stats: Stats, options: ConvertOptions, 
         "coverage": expanded / total,
         "requested_coverage": "auto" if options.coverage is None else options.coverage,
         "min_top1": options.min_top1,
-        "layers": [{"intermediate": int(m.numel()), "expanded": int(m.sum())} for m in masks],
+        "layers": [{"unit": unit.name, "intermediate": int(m.numel()), "expanded": int(m.sum())}
+                   for unit, m in zip(units, masks, strict=True)],
+        "experts": adapter.runtime_spec(),
         "out_bias": has_down_bias,
         "hardening": {"enabled": options.hardening, **options.hardening_scheme.to_json(),
                       "scale_range": [0.5, 2.0] if options.hardening_scheme.scales else None,
@@ -229,7 +235,8 @@ class _ShardWriter:
             (self.folder / f".shard-{i:05d}.safetensors").rename(self.folder / name)
         if count > 1:
             weight_map = {key: names[i] for i, keys in enumerate(self.shards) for key in keys}
-            index = {"metadata": {"total_size": self.total_bytes}, "weight_map": dict(sorted(weight_map.items()))}
+            index = {"metadata": {"total_size": self.total_bytes},
+                     "weight_map": dict(sorted(weight_map.items()))}
             (self.folder / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
         return names
 
@@ -240,20 +247,22 @@ def write_release(checkpoint: Checkpoint, out: Path, *, stats: Stats, options: C
                   ) -> ConvertResult:
     """Write the release folder atomically and return what was written."""
     say = progress or (lambda _msg: None)
-    dtype_name = options.dtype or _dtype_name(checkpoint.source_dtype)
+    dtype_name = options.dtype or _dtype_name(_source_dtype(checkpoint))
     dtype = DTYPES[dtype_name]
     spec = release_spec(checkpoint, stats, options, masks, plans, secret.value, dtype_name)
     adapter = checkpoint.adapter
-    mlp_prefixes = tuple(adapter.mlp_prefix(i) for i in range(checkpoint.num_layers))
+    mlp_prefixes = adapter.source_prefixes(checkpoint.config)
+    units = mlp_units(checkpoint)
     with atomic_folder(out, overwrite=overwrite) as staging:
         writer = _ShardWriter(staging, options.max_shard_bytes)
         for key in sorted(checkpoint.key_to_file):
             if not key.startswith(mlp_prefixes):
                 tensor = checkpoint.tensor(key)
-                writer.add(key, tensor.to(dtype) if tensor.is_floating_point() else tensor)
-        for layer in range(checkpoint.num_layers):
-            say(f"layer {layer + 1}/{checkpoint.num_layers}: {int(masks[layer].sum())} channels expanded")
-            for name, tensor in layer_tensors(checkpoint, plans, masks, options, secret.value, layer).items():
+                tensor = tensor.to(dtype) if tensor.is_floating_point() else tensor
+                writer.add(adapter.release_key(key), tensor)
+        for index, unit in enumerate(units):
+            say(f"MLP {index + 1}/{len(units)} ({unit.name}): {int(masks[index].sum())} channels expanded")
+            for name, tensor in layer_tensors(checkpoint, plans, masks, options, secret.value, index).items():
                 writer.add(name, tensor.to(dtype))
         shard_names = writer.finish()
         config = release_config(checkpoint, spec)
@@ -266,10 +275,17 @@ def write_release(checkpoint: Checkpoint, out: Path, *, stats: Stats, options: C
             shutil.copyfile(checkpoint.path / "generation_config.json", staging / "generation_config.json")
         source_bytes = sum(f.stat().st_size for f in checkpoint.weight_files)
         release_bytes = sum((staging / n).stat().st_size for n in shard_names)
-        record = initial_record(checkpoint, options, spec, stats, source_bytes, release_bytes, extra_record or {})
+        record = initial_record(checkpoint, options, spec, stats, source_bytes, release_bytes,
+                                extra_record or {})
         record["payload"] = payload_digests(staging)
         write_record(staging, record)
-    return ConvertResult(out, spec, release_bytes, source_bytes, (extra_record or {}).get("coverage_trials", []))
+    trials = (extra_record or {}).get("coverage_trials", [])
+    return ConvertResult(out, spec, release_bytes, source_bytes, trials)
+
+
+def _source_dtype(checkpoint: Checkpoint) -> torch.dtype:
+    """The dtype of the source's MLP weights (of its first unit, read through the adapter)."""
+    return checkpoint.adapter.read_mlp(checkpoint, mlp_units(checkpoint)[0], parts=("down",))["down"].dtype
 
 
 def _dtype_name(dtype: torch.dtype) -> str:
@@ -293,13 +309,14 @@ def initial_record(checkpoint: Checkpoint, options: ConvertOptions, spec: dict, 
             "name": checkpoint.name, "base_model": options.base_model, "license": license_name,
             "model_type": checkpoint.config.model_type,
             "architecture": (checkpoint.config.architectures or [None])[0],
-            "dtype": _dtype_name(checkpoint.source_dtype), "num_parameters": checkpoint.num_parameters(),
+            "dtype": _dtype_name(_source_dtype(checkpoint)), "num_parameters": checkpoint.num_parameters(),
             "files": checkpoint.file_digests(),
         },
         "transform": spec,
         "calibration": stats.summary(),
         "inputs": {"source": stats.source_digest, "options": sha256_text(json.dumps(
-            {k: v for k, v in options.__dict__.items() if k not in ("license", "base_model")}, sort_keys=True))},
+            {k: v for k, v in options.__dict__.items() if k not in ("license", "base_model")},
+            sort_keys=True))},
         "size": {"release_bytes": release_bytes, "source_bytes": source_bytes},
         "coverage_trials": extra.get("coverage_trials", []),
         "eval": None,

@@ -124,11 +124,11 @@ def _read_texts(path: Path) -> list[str]:
 def load_text(path: str | Path, tokenizer, *, tokens: int, seq_len: int) -> TokenText:
     """Tokenise a user's text source into sequences of `seq_len` tokens (at most `tokens` in all)."""
     path = Path(path)
-    if tokenizer is None:
-        raise UsageError(f"cannot read text '{path}': the checkpoint has no tokenizer; omit the text option")
     texts = [t for t in _read_texts(path) if t.strip()]
     if not texts:
         raise UsageError(f"text source '{path}' is empty: give at least {seq_len} tokens of text")
+    if tokenizer is None:
+        raise UsageError(f"cannot read text '{path}': the checkpoint has no tokenizer; omit the text option")
     eos = tokenizer.eos_token_id
     stream: list[int] = []
     for text in texts:

@@ -24,16 +24,26 @@ from packager.series.fit import ChannelFit, fit_taylor, fit_weighted
 FITS = ("weighted", "taylor")
 #: Range of the secret per-channel scale a_j (log-uniform); powers of two would leave exact copies.
 SCALE_RANGE = (0.5, 2.0)
+#: Scales are never drawn inside this band, so no up row is released within 20 % of its source value.
+SCALE_EXCLUDED = (0.8, 1.25)
 
 
 @dataclass(frozen=True)
 class Hardening:
-    """Which secret transformations are applied; all randomness derives from the release secret."""
+    """Which secret transformations are applied; all randomness derives from the release secret.
+
+    `window` (0 = off) widens each expanded channel's normalised interval by a secret stretch
+    ρ_j ∈ [1 + window/2, 1 + window] and shifts it by δ_j ∈ ±(ρ_j - 1) (in half-widths), so that the
+    calibrated interval is a secret sub-window of the released t ∈ [-1, 1]; the series is re-expanded
+    exactly, and only activations beyond the calibrated interval (where the series would otherwise be
+    continued linearly) see the polynomial a little further. See docs/THREAT_MODEL.md for what it buys.
+    """
 
     signs: bool = True
     scales: bool = True
     permutation: bool = True
     normalise: bool = True  # h_j = half-range (hides the centre in the bias); False = the paper's h = 1
+    window: float = 0.0
 
     @classmethod
     def paper(cls) -> Hardening:
@@ -41,8 +51,12 @@ class Hardening:
         return cls(signs=True, scales=False, permutation=False, normalise=False)
 
     def to_json(self) -> dict:
+        """Every hardening parameter except the secret (config.json["unswift"]["hardening"])."""
         return {"signs": self.signs, "scales": self.scales, "permutation": self.permutation,
-                "normalised_centres": self.normalise}
+                "normalised_centres": self.normalise,
+                "scale_range": list(SCALE_RANGE) if self.scales else None,
+                "scale_excluded": list(SCALE_EXCLUDED) if self.scales else None,
+                "window": self.window}
 
 
 @dataclass(frozen=True)
@@ -119,15 +133,16 @@ def build_layer(source: SourceMLP, fit: ChannelFit, expanded: torch.Tensor, hard
     """The release tensors of one MLP (`in_proj.weight`, `in_proj.bias`, `theta`, `out_bias`), float64."""
     intermediate = source.gate.shape[0]
     gate = source.gate.double()
-    gate_bias = source.gate_bias.double() if source.gate_bias is not None else torch.zeros(intermediate).double()
+    zeros = torch.zeros(intermediate, dtype=torch.float64)
+    gate_bias = source.gate_bias.double() if source.gate_bias is not None else zeros
     idx_exp = torch.nonzero(expanded).flatten()
     idx_plain = torch.nonzero(~expanded).flatten()
     # Secret draws happen in a fixed order so that a given secret always gives the same release.
     signs = torch.where(torch.rand(intermediate, generator=generator) < 0.5, -1.0, 1.0).double()
-    log_lo, log_hi = torch.log(torch.tensor(SCALE_RANGE, dtype=torch.float64))
-    scales = torch.exp(log_lo + (log_hi - log_lo) * torch.rand(intermediate, generator=generator).double())
+    scales = _secret_scales(torch.rand(intermediate, generator=generator).double())
     perm_exp = torch.randperm(idx_exp.numel(), generator=generator)
     perm_plain = torch.randperm(idx_plain.numel(), generator=generator)
+    window_draws = torch.rand(2, intermediate, generator=generator).double() if hardening.window > 0 else None
     if not hardening.signs:
         signs = torch.ones_like(signs)
     if not (hardening.scales and source.up is not None):
@@ -137,9 +152,15 @@ def build_layer(source: SourceMLP, fit: ChannelFit, expanded: torch.Tensor, hard
 
     s, a = signs[idx_exp], scales[idx_exp]
     z0, h = fit.centre[idx_exp].double(), fit.half_width[idx_exp].double()
-    order = fit.coefficients.shape[-1] - 1
+    coefficients = fit.coefficients[idx_exp].double()
+    if window_draws is not None:
+        stretch = 1.0 + hardening.window * (0.5 + 0.5 * window_draws[0][idx_exp])
+        shift = (stretch - 1.0) * (2.0 * window_draws[1][idx_exp] - 1.0)
+        coefficients = _rewindow(coefficients, shift, stretch, fit.basis)
+        z0, h = z0 + shift * h, h * stretch
+    order = coefficients.shape[-1] - 1
     n = torch.arange(order + 1, dtype=torch.float64)
-    coefficients = fit.coefficients[idx_exp].double() * s.unsqueeze(-1).pow(n)  # parity: B_n(-t) = (-1)^n B_n(t)
+    coefficients = coefficients * s.unsqueeze(-1).pow(n)  # parity: B_n(-t) = (-1)^n B_n(t)
     gate_rows = torch.cat([gate[idx_exp] * (s / h).unsqueeze(-1), gate[idx_plain]])
     gate_bias_rows = torch.cat([(gate_bias[idx_exp] - z0) * s / h, gate_bias[idx_plain]])
     w = source.down.double()
@@ -148,7 +169,7 @@ def build_layer(source: SourceMLP, fit: ChannelFit, expanded: torch.Tensor, hard
     tensors: dict[str, torch.Tensor] = {}
     if source.up is not None:
         up = source.up.double()
-        up_bias = source.up_bias.double() if source.up_bias is not None else torch.zeros(intermediate).double()
+        up_bias = source.up_bias.double() if source.up_bias is not None else zeros
         up_rows = torch.cat([up[idx_exp] * a.unsqueeze(-1), up[idx_plain]])
         up_bias_rows = torch.cat([up_bias[idx_exp] * a, up_bias[idx_plain]])
         tensors["in_proj.weight"] = torch.cat([gate_rows, up_rows])
@@ -160,3 +181,26 @@ def build_layer(source: SourceMLP, fit: ChannelFit, expanded: torch.Tensor, hard
     if source.down_bias is not None:
         tensors["out_bias"] = source.down_bias.double()
     return tensors
+
+
+def _secret_scales(uniform: torch.Tensor) -> torch.Tensor:
+    """Log-uniform scales in SCALE_RANGE outside SCALE_EXCLUDED, one per uniform draw in [0, 1)."""
+    log_lo, log_hi = torch.log(torch.tensor(SCALE_RANGE, dtype=torch.float64))
+    gap_lo, gap_hi = torch.log(torch.tensor(SCALE_EXCLUDED, dtype=torch.float64))
+    below, above = gap_lo - log_lo, log_hi - gap_hi
+    position = uniform * (below + above)  # length along the two allowed stretches of log a
+    return torch.exp(torch.where(position < below, log_lo + position, gap_hi + position - below))
+
+
+def _rewindow(coefficients: torch.Tensor, shift: torch.Tensor, stretch: torch.Tensor, basis: str
+              ) -> torch.Tensor:
+    """Coefficients of q(t') = p(shift + stretch t') in the same basis (exact for polynomials)."""
+    from packager.series import bases
+
+    order = coefficients.shape[-1] - 1
+    count = 2 * (order + 1)
+    nodes = torch.cos(torch.pi * (torch.arange(count, dtype=torch.float64) + 0.5) / count)
+    points = shift.unsqueeze(-1) + stretch.unsqueeze(-1) * nodes  # [S, M] in the fit's variable
+    values = bases.evaluate(coefficients, points, basis, "none")  # [S, M]
+    design = bases.design(nodes, order, basis, "none")  # [M, N+1]
+    return torch.linalg.lstsq(design, values.T).solution.T

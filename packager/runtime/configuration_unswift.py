@@ -6,11 +6,19 @@ with missing MLP weights. The transform parameters live in the `unswift` field.
 """
 
 from transformers import (
+    Gemma2Config,
+    Gemma3TextConfig,
     GemmaConfig,
+    GPTNeoXConfig,
     LlamaConfig,
     MistralConfig,
+    MixtralConfig,
+    Phi3Config,
+    PhiConfig,
     Qwen2Config,
+    Qwen2MoeConfig,
     Qwen3Config,
+    Qwen3MoeConfig,
 )
 
 
@@ -21,6 +29,11 @@ class UnswiftLlamaConfig(LlamaConfig):
 
 class UnswiftMistralConfig(MistralConfig):
     model_type = "unswift_mistral"
+    unswift: dict | None = None
+
+
+class UnswiftPhiConfig(PhiConfig):
+    model_type = "unswift_phi"
     unswift: dict | None = None
 
 
@@ -36,4 +49,39 @@ class UnswiftQwen3Config(Qwen3Config):
 
 class UnswiftGemmaConfig(GemmaConfig):
     model_type = "unswift_gemma"
+    unswift: dict | None = None
+
+
+class UnswiftGemma2Config(Gemma2Config):
+    model_type = "unswift_gemma2"
+    unswift: dict | None = None
+
+
+class UnswiftGemma3TextConfig(Gemma3TextConfig):
+    model_type = "unswift_gemma3_text"
+    unswift: dict | None = None
+
+
+class UnswiftPhi3Config(Phi3Config):
+    model_type = "unswift_phi3"
+    unswift: dict | None = None
+
+
+class UnswiftGPTNeoXConfig(GPTNeoXConfig):
+    model_type = "unswift_gpt_neox"
+    unswift: dict | None = None
+
+
+class UnswiftMixtralConfig(MixtralConfig):
+    model_type = "unswift_mixtral"
+    unswift: dict | None = None
+
+
+class UnswiftQwen2MoeConfig(Qwen2MoeConfig):
+    model_type = "unswift_qwen2_moe"
+    unswift: dict | None = None
+
+
+class UnswiftQwen3MoeConfig(Qwen3MoeConfig):
+    model_type = "unswift_qwen3_moe"
     unswift: dict | None = None

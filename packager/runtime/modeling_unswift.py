@@ -11,25 +11,49 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import (
+    Gemma2ForCausalLM,
+    Gemma2Model,
+    Gemma3ForCausalLM,
+    Gemma3TextModel,
     GemmaForCausalLM,
     GemmaModel,
+    GPTNeoXForCausalLM,
+    GPTNeoXModel,
     LlamaForCausalLM,
     LlamaModel,
     MistralForCausalLM,
     MistralModel,
+    MixtralForCausalLM,
+    MixtralModel,
+    Phi3ForCausalLM,
+    Phi3Model,
+    PhiForCausalLM,
+    PhiModel,
     Qwen2ForCausalLM,
     Qwen2Model,
+    Qwen2MoeForCausalLM,
+    Qwen2MoeModel,
     Qwen3ForCausalLM,
     Qwen3Model,
+    Qwen3MoeForCausalLM,
+    Qwen3MoeModel,
 )
 from transformers.activations import ACT2FN
 
 from .configuration_unswift import (
+    UnswiftGemma2Config,
+    UnswiftGemma3TextConfig,
     UnswiftGemmaConfig,
+    UnswiftGPTNeoXConfig,
     UnswiftLlamaConfig,
     UnswiftMistralConfig,
+    UnswiftMixtralConfig,
+    UnswiftPhi3Config,
+    UnswiftPhiConfig,
     UnswiftQwen2Config,
+    UnswiftQwen2MoeConfig,
     UnswiftQwen3Config,
+    UnswiftQwen3MoeConfig,
 )
 
 #: The release format versions this loader understands.
@@ -133,24 +157,69 @@ class TaylorMLP(nn.Module):
         return F.linear(self.features(x), self.theta, self.out_bias)
 
 
+class TaylorExperts(nn.ModuleList):
+    """The routed experts of a mixture-of-experts block, each a `TaylorMLP`.
+
+    Called like transformers' packed experts module (hidden states [T, H], top-k expert indices and
+    weights [T, k]), so the block's router is used as it is. Each expert that receives tokens runs one
+    feature build and one matrix multiply on exactly those tokens.
+    """
+
+    def forward(self, hidden_states, top_k_index, top_k_weights):
+        out = torch.zeros_like(hidden_states)
+        for expert in torch.unique(top_k_index).tolist():
+            if expert >= len(self):  # transformers' marker for "no expert" (expert-parallel sharding)
+                continue
+            token, slot = torch.where(top_k_index == expert)
+            y = self[expert](hidden_states[token]) * top_k_weights[token, slot, None]
+            out.index_add_(0, token, y.to(out.dtype))
+        return out
+
+
+def install_taylor_mlps(layers, config):
+    """Replace every MLP unit of `layers` (decoder layers, in order) by its series module.
+
+    Units follow config.unswift["layers"]: per layer its dense MLP, or, in a mixture-of-experts block,
+    each routed expert then the shared expert. Routers and shared-expert gates stay as they are.
+    """
+    spec = config.unswift
+    experts = spec.get("experts")
+    index = 0
+    for layer in layers:
+        block = layer.mlp
+        if experts and hasattr(block, experts["module"]):
+            count = getattr(block, experts["module"]).num_experts
+            taylor = TaylorExperts(TaylorMLP(config, index + e) for e in range(count))
+            setattr(block, experts["module"], taylor)
+            index += count
+            if experts.get("shared"):
+                setattr(block, experts["shared"], TaylorMLP(config, index))
+                index += 1
+        else:
+            layer.mlp = TaylorMLP(config, index)
+            index += 1
+    if index != len(spec["layers"]):
+        raise ValueError(f"this model has {index} MLP units but the release describes {len(spec['layers'])}; "
+                         "config.json does not match the model it was written for")
+
+
 def _decoder_layers(model):
     base = getattr(model, model.base_model_prefix, model)
     return base.layers
 
 
 class _TaylorMixin:
-    """Swaps each decoder layer's MLP for a `TaylorMLP` after the base family builds its modules."""
+    """Swaps each decoder layer's MLP units for `TaylorMLP`s after the base family builds its modules."""
 
     def __init__(self, config):
         check_format(getattr(config, "unswift", None))
         super().__init__(config)
-        for index, layer in enumerate(_decoder_layers(self)):
-            layer.mlp = TaylorMLP(config, index)
+        install_taylor_mlps(_decoder_layers(self), config)
         self.post_init()
 
     def _init_weights(self, module):
         # Every TaylorMLP tensor comes from the release; only modules of the base family initialise.
-        if isinstance(module, (TaylorMLP, SeriesBasis)):
+        if isinstance(module, (TaylorMLP, SeriesBasis, TaylorExperts)):
             return
         super()._init_weights(module)
 
@@ -176,6 +245,14 @@ class UnswiftMistralForCausalLM(_TaylorMixin, MistralForCausalLM):
     config_class = UnswiftMistralConfig
 
 
+class UnswiftPhiModel(_BaseModelMixin, PhiModel):
+    config_class = UnswiftPhiConfig
+
+
+class UnswiftPhiForCausalLM(_TaylorMixin, PhiForCausalLM):
+    config_class = UnswiftPhiConfig
+
+
 class UnswiftQwen2Model(_BaseModelMixin, Qwen2Model):
     config_class = UnswiftQwen2Config
 
@@ -198,3 +275,59 @@ class UnswiftGemmaModel(_BaseModelMixin, GemmaModel):
 
 class UnswiftGemmaForCausalLM(_TaylorMixin, GemmaForCausalLM):
     config_class = UnswiftGemmaConfig
+
+
+class UnswiftGemma2Model(_BaseModelMixin, Gemma2Model):
+    config_class = UnswiftGemma2Config
+
+
+class UnswiftGemma2ForCausalLM(_TaylorMixin, Gemma2ForCausalLM):
+    config_class = UnswiftGemma2Config
+
+
+class UnswiftGemma3TextModel(_BaseModelMixin, Gemma3TextModel):
+    config_class = UnswiftGemma3TextConfig
+
+
+class UnswiftGemma3TextForCausalLM(_TaylorMixin, Gemma3ForCausalLM):
+    config_class = UnswiftGemma3TextConfig
+
+
+class UnswiftPhi3Model(_BaseModelMixin, Phi3Model):
+    config_class = UnswiftPhi3Config
+
+
+class UnswiftPhi3ForCausalLM(_TaylorMixin, Phi3ForCausalLM):
+    config_class = UnswiftPhi3Config
+
+
+class UnswiftGPTNeoXModel(_BaseModelMixin, GPTNeoXModel):
+    config_class = UnswiftGPTNeoXConfig
+
+
+class UnswiftGPTNeoXForCausalLM(_TaylorMixin, GPTNeoXForCausalLM):
+    config_class = UnswiftGPTNeoXConfig
+
+
+class UnswiftMixtralModel(_BaseModelMixin, MixtralModel):
+    config_class = UnswiftMixtralConfig
+
+
+class UnswiftMixtralForCausalLM(_TaylorMixin, MixtralForCausalLM):
+    config_class = UnswiftMixtralConfig
+
+
+class UnswiftQwen2MoeModel(_BaseModelMixin, Qwen2MoeModel):
+    config_class = UnswiftQwen2MoeConfig
+
+
+class UnswiftQwen2MoeForCausalLM(_TaylorMixin, Qwen2MoeForCausalLM):
+    config_class = UnswiftQwen2MoeConfig
+
+
+class UnswiftQwen3MoeModel(_BaseModelMixin, Qwen3MoeModel):
+    config_class = UnswiftQwen3MoeConfig
+
+
+class UnswiftQwen3MoeForCausalLM(_TaylorMixin, Qwen3MoeForCausalLM):
+    config_class = UnswiftQwen3MoeConfig

@@ -1,0 +1,72 @@
+"""`unswift audit`: run the known attacks and the leak scan on a release."""
+
+from __future__ import annotations
+
+import click
+
+from packager.cli._app import common_options, main, reporting
+
+
+def _units(value: str | None) -> tuple[int, ...] | None:
+    if value is None:
+        return None
+    from packager.errors import UsageError
+
+    try:
+        return tuple(int(part) for part in value.split(",") if part.strip())
+    except ValueError:
+        raise UsageError(f"--learning-units '{value}' is not a list of unit numbers such as 0,15") from None
+
+
+@main.command()
+@click.argument("release", type=click.Path())
+@click.option("--reference", default=None,
+              help="The source checkpoint (folder or Hub id). Without it, recovered fractions and the leak "
+                   "scan are null, and rebuilt models are compared with the release.")
+@click.option("--secret-file", type=click.Path(), default=None,
+              help="The release secret (or env UNSWIFT_SECRET): only checked against the release's "
+                   "secret_id; no attack is given it.")
+@click.option("--max-recovered", type=float, default=None,
+              help="Exit 1 if any attack recovers more than this fraction of the protected weights "
+                   "(needs --reference).")
+@click.option("--attack", "attacks", multiple=True,
+              type=click.Choice(["coefficient_ratio", "kerckhoffs", "learning"]),
+              help="Run only these attacks (repeatable). Default: all three.")
+@click.option("--learning-steps", type=int, default=300, show_default=True,
+              help="Budget of the learning attack: Adam steps per attacked MLP.")
+@click.option("--attacker-tokens", type=int, default=2048, show_default=True,
+              help="Tokens the attacker samples from the release to record MLP inputs/outputs.")
+@click.option("--learning-units", default=None,
+              help="MLP units the learning attack fits, e.g. '0,15'. Default: the middle one.")
+@click.option("--record", is_flag=True, help="Store the result in the release's unswift.json "
+              "(removes model.sig: re-sign afterwards).")
+@common_options
+def audit(release, reference, secret_file, max_recovered, attacks, learning_steps, attacker_tokens,
+          learning_units, record, as_json, quiet, debug):
+    """Attack a release with the known attacks and scan it for leaked source weights.
+
+    Exit 0 whatever it finds, unless --max-recovered is given and an attack recovers more (exit 1).
+
+    \b
+      unswift audit releases/model --reference ./ckpt
+      unswift audit releases/model --reference ./ckpt --max-recovered 0.01 --json
+      unswift audit releases/model --reference ./ckpt --attack kerckhoffs --record
+    """
+    with reporting("audit", as_json=as_json, quiet=quiet, debug=debug) as report:
+        from packager import api
+        from packager.audit import ATTACK_NAMES, LearningBudget
+        from packager.audit import audit as run_audit
+
+        budget = LearningBudget(steps=learning_steps, tokens=attacker_tokens, layers=_units(learning_units))
+        result = run_audit(release, reference=reference, secret_file=secret_file, max_recovered=max_recovered,
+                           attacks=attacks or ATTACK_NAMES, learning=budget, progress=report.say)
+        report.update(result.to_json())
+        if record:
+            if api.record_measurement(release, "audit", result.to_json()):
+                report.say("model.sig removed: the record changed; re-sign with `unswift sign`")
+        if result.protected_param_fraction is not None:
+            report.say(f"protected parameters: {result.protected_param_fraction:.4f} of the source's")
+        if result.leaks is not None:
+            found = sum(leak["count"] for leak in result.leaks)
+            report.say(f"leak scan: {found} source vectors found in the release" if found else
+                       "leak scan: clean")

@@ -1,0 +1,62 @@
+"""`release`: the whole pipeline in one command, resumable, with a --json summary."""
+
+from __future__ import annotations
+
+import click
+
+from packager.cli._app import common_options, main, reporting
+from packager.cli._options import build_convert_options, convert_options
+from packager.cli.push import _exported
+
+
+@main.command()
+@click.argument("checkpoint")
+@click.option("--repo", default=None, metavar="ORG/NAME", help="Hub model repo to publish to.")
+@click.option("--out", type=click.Path(), default=None, help="Release folder. Default: ./releases/<name>.")
+@click.option("--no-push", is_flag=True, help="Stop after signing; nothing is sent to the Hub.")
+@click.option("--key", type=click.Path(), default=None,
+              help="Signing key (PEM, ECDSA P-256/384/521) or env UNSWIFT_SIGNING_KEY. Required to push.")
+@click.option("--tag", default=None, help="Tag of the release commit. Default: unswift-<inputs digest>.")
+@click.option("--private/--public", "private", default=True, show_default=True,
+              help="Repo visibility; an existing public repo is refused unless --public.")
+@click.option("--gated", type=click.Choice(["auto", "manual"]), default=None, help="Access requests.")
+@click.option("--endpoint", default=None, metavar="URL", help="Self-hosted hub URL (default: HF_ENDPOINT).")
+@click.option("--revision", default=None, metavar="BRANCH", help="Branch to commit to (default: main).")
+@click.option("--create-pr", is_flag=True, help="Open a pull request instead of committing.")
+@click.option("--no-xet", is_flag=True, help="Upload with Git LFS even though hf_xet is installed.")
+@click.option("--max-kl", type=float, default=None, help="Stop before pushing (exit 1) if mean KL is above this.")
+@click.option("--eval-tokens", type=int, default=8192, show_default=True)
+@click.option("--audit/--no-audit", default=True, show_default=True, help="Run the protection audit.")
+@convert_options
+@common_options
+def release(checkpoint, repo, out, no_push, key, tag, private, gated, endpoint, revision, create_pr, no_xet,
+            max_kl, eval_tokens, audit, order, coverage, fit, min_top1, calibration, calibration_tokens,
+            calibration_seed, stats, hardening, secret_file, dtype, license_, base_model, overwrite,
+            as_json, quiet, debug):
+    """Calibrate, convert, evaluate, audit, card, sign and push, in one resumable command.
+
+    \b
+      unswift release ./ckpt --repo my-org/model --key publisher.pem --tag v1
+      unswift release ./ckpt --repo my-org/model --no-push --key publisher.pem   # local, signed
+      unswift release ./ckpt --repo my-org/model --min-top1 0.995 --max-kl 0.005 --json   # CI
+    A re-run with the same inputs resumes: finished stages are skipped, the push is idempotent.
+    Thresholds (--min-top1, --max-kl) stop the run before pushing, with exit code 1.
+    """
+    if repo is None and not no_push:
+        raise click.UsageError("pass --repo ORG/NAME, or --no-push to stop before publishing")
+    env = {"HF_ENDPOINT": endpoint, "HF_HUB_DISABLE_XET": "1" if no_xet else None}
+    with reporting("release", as_json=as_json, quiet=quiet, debug=debug) as report, _exported(env):
+        from packager.release import PublishOptions
+        from packager.release import release as run_release
+
+        options = build_convert_options(order, coverage, fit, min_top1, hardening, dtype, license_, base_model)
+        publish = PublishOptions(repo=None if no_push else repo, tag=tag, private=private, gated=gated,
+                                 endpoint=endpoint, revision=revision, create_pr=create_pr, no_xet=no_xet)
+        result = run_release(checkpoint, out=out, options=options, publish=publish, key=key,
+                             calibration=calibration, calibration_tokens=calibration_tokens,
+                             calibration_seed=calibration_seed, stats=stats, secret_file=secret_file,
+                             min_top1=min_top1, max_kl=max_kl, overwrite=overwrite, eval_tokens=eval_tokens,
+                             audit=audit, progress=report.say, show_progress=report.show_progress)
+        report.update(result.to_json())
+        for stage, state in result.stages.items():
+            report.say(f"{stage}: {state}")
