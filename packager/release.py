@@ -93,7 +93,9 @@ def release(
         from packager.hub import _check_repo_id  # validate before any work
 
         _check_repo_id(publish.repo)
-    secret = resolve_secret(secret_file, out, create=False)
+    secret = resolve_secret(secret_file, out)  # created (0600, beside `out`) now, so a resume finds it
+    if secret.origin == "new":
+        say(f"new hardening secret written to {secret.path} (mode 0600); keep it, never publish it")
     inputs = release_inputs(source, options, calibration=calibration, calibration_tokens=calibration_tokens,
                             calibration_seed=calibration_seed, stats=stats, secret_id=secret_id(secret.value))
     report = ReleaseReport(out)
@@ -107,12 +109,10 @@ def release(
         say(f"resuming {out}: its recorded inputs match")
     else:
         say("calibrate + convert")
-        result, secret = api.convert(source, out, stats=stats, options=options, calibration=calibration,
-                                     calibration_tokens=calibration_tokens, calibration_seed=calibration_seed,
-                                     secret_file=secret_file, overwrite=True, progress=progress)
-        if secret.origin == "new":
-            say(f"new hardening secret written to {secret.path} (mode 0600); keep it, never publish it")
-        update_record(out, inputs={"release": inputs})
+        api.convert(source, out, stats=stats, options=options, calibration=calibration,
+                    calibration_tokens=calibration_tokens, calibration_seed=calibration_seed,
+                    secret_file=secret.path if secret.origin != "env" else None, overwrite=True, progress=progress)
+        update_record(out, inputs={**read_record(out)["inputs"], "release": inputs})
         report.stages["convert"] = "done"
         report.fields["secret_file"] = str(secret.path) if secret.path else None
 

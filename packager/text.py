@@ -57,15 +57,22 @@ def _digest_ids(ids: torch.Tensor) -> str:
     return sha256_text(",".join(map(str, ids.flatten().tolist())))
 
 
+def fit_length(config, seq_len: int) -> int:
+    """`seq_len`, capped at the model's context length."""
+    limit = getattr(config, "max_position_embeddings", None)
+    return min(seq_len, int(limit)) if limit else seq_len
+
+
 @torch.no_grad()
 def sample_text(
-    model, tokenizer, *, kind: str, tokens: int, seq_len: int, seed: int, batch_size: int = 16,
+    model, tokenizer, *, kind: str, tokens: int, seq_len: int, seed: int, batch_size: int = 32,
 ) -> TokenText:
     """Sample `tokens` tokens of text from the model itself, starting from the `kind` prompt set.
 
     Each sequence is a prompt followed by sampled tokens (temperature 1, nucleus 0.95, EOS suppressed
     until the sequence is full), truncated to `seq_len`.
     """
+    seq_len = fit_length(model.config, seq_len)
     sequences = max(1, -(-tokens // seq_len))
     generator = torch.Generator().manual_seed(seed)
     device = next(model.parameters()).device

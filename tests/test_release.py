@@ -1,0 +1,116 @@
+"""`unswift release` end to end against the loopback Hub double, and the eval command on a tiny release."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+from conftest import run_python
+from hub_double import DEFAULT_TOKEN
+
+from packager import signing
+from packager.cli import cli
+from packager.convert import ConvertOptions
+from packager.errors import CheckFailed, UsageError
+from packager.release import PublishOptions, release
+
+GENERATE = r"""
+import json, os, sys, torch
+from transformers import AutoModelForCausalLM
+ids = torch.tensor([[3, 17, 42, 99, 5, 71]])
+out = {}
+for name, where, revision in (("hub", sys.argv[1], sys.argv[2]), ("local", sys.argv[3], None)):
+    model = AutoModelForCausalLM.from_pretrained(where, revision=revision, trust_remote_code=True)
+    out[name] = model.generate(ids, max_new_tokens=12, do_sample=False)[0].tolist()
+print(json.dumps(out))
+"""
+
+
+@pytest.fixture
+def publisher_key(tmp_path):
+    return signing.generate_key(tmp_path / "publisher.pem")
+
+
+def _release(source, out, double, key, tag, **options):
+    return release(
+        source, out=out, options=ConvertOptions(order=4, coverage=1.0, **options), key=key.private_key,
+        publish=PublishOptions(repo="org/tiny", tag=tag, endpoint=double.url, no_xet=True), eval_tokens=256,
+        secret_file=None, overwrite=True, audit=False,
+    )
+
+
+def test_release_pushes_one_commit_that_loads_by_tag_and_verifies(hub_double, tiny_llama, tmp_path,
+                                                                   publisher_key, monkeypatch):
+    monkeypatch.setenv("HF_TOKEN", DEFAULT_TOKEN)
+    out = tmp_path / "rel"
+    first = _release(tiny_llama, out, hub_double, publisher_key, "v1", max_shard_bytes=150_000)
+    repo = hub_double.repo("org/tiny")
+    local = {p.name for p in out.iterdir()}
+    assert sum(name.startswith("model-0") for name in local) >= 2  # sharded
+    remote = set(repo.files("v1"))
+    assert remote == local | {".gitattributes"}
+    assert first.fields["new_commit"] is True and repo.tags["v1"] == first.fields["revision"]
+    assert [c.title for c in repo.history()][1:] == ["initial commit"]
+
+    env = {"HF_ENDPOINT": hub_double.url, "HF_TOKEN": DEFAULT_TOKEN, "HF_HUB_OFFLINE": "0",
+           "HF_HUB_DISABLE_XET": "1"}
+    done = run_python(GENERATE, "org/tiny", "v1", str(out), env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    tokens = json.loads(done.stdout.strip().splitlines()[-1])
+    assert tokens["hub"] == tokens["local"]
+
+    verified = CliRunner().invoke(cli, ["verify", "org/tiny", "--revision", "v1", "--key",
+                                        str(publisher_key.public_key), "--endpoint", hub_double.url, "--json"])
+    assert verified.exit_code == 0, verified.output
+    assert json.loads(verified.stdout.strip().splitlines()[-1])["verified"] is True
+
+    # Re-running with the same inputs resumes: nothing converted again, no new commit.
+    again = _release(tiny_llama, out, hub_double, publisher_key, "v1", max_shard_bytes=150_000)
+    assert again.stages["convert"].startswith("skipped") and again.stages["eval"].startswith("skipped")
+    assert again.stages["sign"].startswith("skipped") and again.fields["new_commit"] is False
+
+    # A second release with fewer shards leaves no stale shard in the repo.
+    second = _release(tiny_llama, out, hub_double, publisher_key, "v2")
+    assert second.fields["new_commit"] is True
+    assert set(repo.files("v2")) == {p.name for p in out.iterdir()} | {".gitattributes"}
+    assert not any(name.startswith("model-0") for name in repo.files("v2"))
+
+
+def test_threshold_miss_stops_before_pushing(hub_double, tiny_llama, tmp_path, publisher_key, monkeypatch):
+    monkeypatch.setenv("HF_TOKEN", DEFAULT_TOKEN)
+    with pytest.raises(CheckFailed, match="not pushed"):
+        release(tiny_llama, out=tmp_path / "rel", options=ConvertOptions(order=1, coverage=1.0),
+                key=publisher_key.private_key, min_top1=None, max_kl=0.0,
+                publish=PublishOptions(repo="org/strict", endpoint=hub_double.url, no_xet=True),
+                eval_tokens=256, audit=False)
+    assert "org/strict" not in hub_double.repos
+
+
+def test_push_without_key_is_refused_before_any_work(tiny_llama, tmp_path):
+    with pytest.raises(UsageError, match="must be signed"):
+        release(tiny_llama, out=tmp_path / "rel", publish=PublishOptions(repo="org/x"))
+    assert not (tmp_path / "rel").exists()
+
+
+def test_release_cli_malformed_repo_exits_2(tiny_llama, tmp_path, publisher_key):
+    result = CliRunner().invoke(cli, ["release", str(tiny_llama), "--repo", "not a repo", "--key",
+                                      str(publisher_key.private_key), "--out", str(tmp_path / "r"), "--json"])
+    assert result.exit_code == 2 and not (tmp_path / "r").exists()
+    assert json.loads(result.stdout.strip().splitlines()[-1])["ok"] is False
+
+
+def test_eval_cli_reports_contract_fields_and_thresholds(tiny_llama, tiny_release):
+    args = ["eval", str(tiny_release), "--reference", str(tiny_llama), "--eval-tokens", "512", "--json"]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    payload = json.loads(result.stdout.strip().splitlines()[-1])
+    for field in ("top1_agreement", "kl_mean", "ppl_reference", "ppl_release", "greedy_match", "eval_tokens",
+                  "coverage", "order", "noise_floor", "text_source", "calibration_overlap"):
+        assert field in payload
+    assert payload["greedy_match"] is None  # the tiny checkpoint has no tokenizer
+    assert payload["eval_tokens"] >= 500 and payload["calibration_overlap"] is False
+    assert payload["noise_floor"]["top1_agreement"] > 0.9
+    strict = CliRunner().invoke(cli, [*args, "--max-kl", "0"])
+    assert strict.exit_code == 1
+    assert json.loads(strict.stdout.strip().splitlines()[-1])["ok"] is False
