@@ -13,37 +13,38 @@ from collections.abc import Callable
 import torch
 
 from packager.checkpoint import Checkpoint
-from packager.evaluate import compare_logits
+from packager.evaluate import compare_to_logits, reference_logits
 from packager.text import sample_text
 from packager.transform import LayerPlan, select_channels
 
 CANDIDATES = (1.0, 0.95, 0.9, 0.8, 0.7, 0.6, 0.5)
-SELECTION_TOKENS = 4096
+SELECTION_TOKENS = 2048
 SELECTION_SEED_OFFSET = 500
 
 
 @torch.no_grad()
 def swap_in_release_mlps(model, checkpoint: Checkpoint, spec: dict, layers: dict[int, dict[str, torch.Tensor]]
                          ) -> list:
-    """Replace the source model's MLPs by runtime TaylorMLPs holding `layers`; returns the originals."""
-    from packager.runtime.modeling_unswift import TaylorMLP
+    """Install the runtime's series modules (dense MLPs and experts alike) holding `layers`' tensors.
+
+    Returns what `restore_mlps` needs to put the source modules back.
+    """
+    from packager.runtime.modeling_unswift import install_taylor_mlps
 
     config = types.SimpleNamespace(unswift=spec, hidden_size=model.config.hidden_size)
-    modules = checkpoint.adapter.mlp_modules(model)
-    originals = list(modules)
-    parents = _parents(model, checkpoint)
-    for index, parent in enumerate(parents):
-        mlp = TaylorMLP(config, index)
-        state = {name.removeprefix(checkpoint.adapter.mlp_prefix(index)): t.float()
-                 for name, t in layers[index].items()}
-        mlp.load_state_dict(state, strict=True)
-        setattr(parent, checkpoint.adapter.mlp, mlp.to(next(model.parameters()).device))
-    return originals
+    replaced = install_taylor_mlps(_parents(model, checkpoint), config)
+    state = {name: tensor.float() for unit in layers.values() for name, tensor in unit.items()}
+    missing = set(state) - set(model.state_dict())
+    if missing:
+        raise RuntimeError(f"release tensors without a module in the model: {sorted(missing)[:3]}")
+    model.load_state_dict(state, strict=False, assign=True)
+    model.to(next(iter(model.parameters())).device)
+    return replaced
 
 
-def restore_mlps(model, checkpoint: Checkpoint, originals: list) -> None:
-    for parent, mlp in zip(_parents(model, checkpoint), originals, strict=True):
-        setattr(parent, checkpoint.adapter.mlp, mlp)
+def restore_mlps(model, checkpoint: Checkpoint, replaced: list) -> None:
+    for module, attribute, original in replaced:
+        setattr(module, attribute, original)
 
 
 def _parents(model, checkpoint: Checkpoint) -> list:
@@ -64,7 +65,7 @@ def choose_coverage(
     tokenizer = checkpoint.load_tokenizer()
     text = sample_text(model, tokenizer, kind="eval", tokens=SELECTION_TOKENS, seq_len=256,
                        seed=seed + SELECTION_SEED_OFFSET)
-    reference = _ReferenceLogits(model)
+    reference = reference_logits(model, text.ids)  # before any MLP is swapped
     trials: list[dict] = []
     fit = "taylor" if plans[0].fit.basis == "monomial" else "weighted"
     for coverage in CANDIDATES:
@@ -73,7 +74,7 @@ def choose_coverage(
         layers = {i: build_layer(masks, i) for i in range(len(plans))}
         originals = swap_in_release_mlps(model, checkpoint, spec, layers)
         try:
-            agreement = compare_logits(reference, model, text.ids)
+            agreement = compare_to_logits(reference, model, text.ids)
         finally:
             restore_mlps(model, checkpoint, originals)
         trials.append({"coverage": coverage, "top1_agreement": agreement.top1_agreement,
@@ -83,19 +84,3 @@ def choose_coverage(
             return coverage, trials
     best = max(trials, key=lambda t: (t["top1_agreement"], t["coverage"]))
     return best["coverage"], trials
-
-
-class _ReferenceLogits(torch.nn.Module):
-    """Caches the source model's logits per batch so each candidate costs one release forward only."""
-
-    def __init__(self, model) -> None:
-        super().__init__()
-        self.model = model
-        self.cache: dict[tuple, torch.Tensor] = {}
-        self.anchor = torch.nn.Parameter(torch.zeros(1), requires_grad=False)
-
-    def forward(self, input_ids: torch.Tensor):
-        key = (input_ids.shape, hash(input_ids.cpu().numpy().tobytes()))
-        if key not in self.cache:
-            self.cache[key] = self.model(input_ids=input_ids).logits
-        return types.SimpleNamespace(logits=self.cache[key])

@@ -40,14 +40,23 @@ RUNTIME_DIR = Path(__file__).resolve().parent / "runtime"
 RUNTIME_FILES = ("configuration_unswift.py", "modeling_unswift.py")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 DEFAULT_SHARD_BYTES = 2 * 1024**3
+#: Highest series order accepted: `--slowdown` needs high orders to reach large slowdowns on small models.
+MAX_ORDER = 128
+#: `--slowdown` accepts (1, MAX_SLOWDOWN].
+MAX_SLOWDOWN = 64.0
 
 
 @dataclass(frozen=True)
 class ConvertOptions:
-    """Every option that changes a byte of the release (recorded in config.json["unswift"])."""
+    """Every option that changes a byte of the release (recorded in config.json["unswift"]).
+
+    `slowdown` (when set) asks for that decode slowdown: order and coverage are then chosen by
+    `packager.autoslowdown`, and `order`/`coverage` hold the choice once it is made.
+    """
 
     order: int = 8
     coverage: float | None = None  # None: auto
+    slowdown: float | None = None  # None: order and coverage as given
     fit: str = "weighted"
     hardening: bool = True
     dtype: str | None = None  # None: the source's
@@ -60,8 +69,13 @@ class ConvertOptions:
         """Raise UsageError for an impossible option before any work is done."""
         if not isinstance(self.order, int) or self.order < 1:
             raise UsageError(f"--order {self.order} is invalid: the series needs order >= 1")
-        if self.order > 32:
-            raise UsageError(f"--order {self.order} is too large: use at most 32")
+        if self.order > MAX_ORDER:
+            raise UsageError(f"--order {self.order} is too large: use at most {MAX_ORDER}")
+        if self.slowdown is not None and not (1.0 < self.slowdown <= MAX_SLOWDOWN):
+            raise UsageError(f"--slowdown {self.slowdown} is outside (1, {MAX_SLOWDOWN:g}]: pass the decode "
+                             "slowdown wanted, e.g. --slowdown 4")
+        if self.max_shard_bytes < 1024**2:
+            raise UsageError(f"--max-shard-size {self.max_shard_bytes} bytes is too small: use at least 1MB")
         if self.coverage is not None and not (0.0 < self.coverage <= 1.0):
             raise UsageError(
                 f"--coverage {self.coverage} is outside (0, 1]: pass a fraction such as 0.7, or auto")

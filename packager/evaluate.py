@@ -75,6 +75,24 @@ def compare_logits(reference, release, ids: torch.Tensor, *, batch_size: int = 4
 
 
 @torch.no_grad()
+def reference_logits(model, ids: torch.Tensor, *, batch_size: int = 4) -> list[torch.Tensor]:
+    """The source's logits over `ids`, computed once so several candidates can be compared to them."""
+    device = next(model.parameters()).device
+    return [model(input_ids=batch.to(device)).logits[:, :-1].float().cpu() for batch in ids.split(batch_size)]
+
+
+@torch.no_grad()
+def compare_to_logits(reference: list[torch.Tensor], release, ids: torch.Tensor, *, batch_size: int = 4
+                      ) -> Agreement:
+    """Teacher-forced comparison of `release` with logits from `reference_logits` (same batching)."""
+    agreement = Agreement()
+    device = next(release.parameters()).device
+    for ref, batch in zip(reference, ids.split(batch_size), strict=True):
+        agreement.add(ref, release(input_ids=batch.to(device)).logits[:, :-1].cpu(), batch[:, 1:])
+    return agreement
+
+
+@torch.no_grad()
 def greedy_continuations(model, prompts: list[list[int]], new_tokens: int) -> list[list[int]]:
     device = next(model.parameters()).device
     outputs = []
