@@ -22,7 +22,7 @@ from packager.checkpoint import open_checkpoint
 from packager.convert import ConvertOptions, layer_tensors, plan_layers, release_spec
 from packager.evaluate import EVAL_SEED_OFFSET, compare_to_logits, reference_logits
 from packager.text import sample_text
-from packager.transform import select_channels
+from packager.transform import boost_channels, select_channels
 
 
 def main() -> None:
@@ -35,6 +35,7 @@ def main() -> None:
     parser.add_argument("--coverages", type=float, nargs="+", default=[1.0, 0.9, 0.7])
     parser.add_argument("--fits", nargs="+", default=["weighted"])
     parser.add_argument("--no-hardening", action="store_true")
+    parser.add_argument("--allocation", default="boost", choices=["boost", "uniform"])
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
@@ -47,14 +48,17 @@ def main() -> None:
     secret = b"frontier"
     for fit in args.fits:
         for order in args.orders:
-            options = ConvertOptions(order=order, coverage=1.0, fit=fit, hardening=not args.no_hardening)
+            options = ConvertOptions(order=order, coverage=1.0, fit=fit, hardening=not args.no_hardening,
+                                     allocation=args.allocation)
             start = time.perf_counter()
             plans = plan_layers(source, stats, options)
             fit_seconds = time.perf_counter() - start
             for coverage in args.coverages:
                 masks = select_channels(plans, coverage, fit)
-                spec = release_spec(source, stats, options, masks, plans, secret, "float32")
-                layers = {i: layer_tensors(source, plans, masks, options, secret, i) for i in range(len(plans))}
+                boosts = boost_channels(plans, masks, order)
+                spec = release_spec(source, stats, options, masks, plans, secret, "float32", boosts)
+                layers = {i: layer_tensors(source, plans, masks, options, secret, i, boosts)
+                          for i in range(len(plans))}
                 originals = swap_in_release_mlps(model, source, spec, layers)
                 try:
                     with torch.no_grad():
@@ -67,6 +71,7 @@ def main() -> None:
                     "kl": agreement.kl_mean, "ppl_reference": ppl_ref, "ppl_release": ppl_rel,
                     "tokens": agreement.tokens, "fit_seconds": round(fit_seconds, 1),
                     "hardening": not args.no_hardening, "text": text.source,
+                    "allocation": spec["allocation"]["kind"],
                 }), flush=True)
 
 

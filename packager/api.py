@@ -28,7 +28,7 @@ from packager.evaluate import DEFAULT_EVAL_TOKENS, EvalReport
 from packager.evaluate import evaluate as _evaluate
 from packager.release_dir import check_output
 from packager.secret import Secret, resolve_secret
-from packager.transform import select_channels
+from packager.transform import boost_channels, select_channels
 
 Progress = Callable[[str], None] | None
 
@@ -97,8 +97,10 @@ def convert(
 
         coverage, trials = choose_coverage(
             source, model, plans, min_top1=options.min_top1, seed=stats.seed,
-            build_spec=lambda masks: release_spec(source, stats, options, masks, plans, secret.value, "float32"),
-            build_layer=lambda masks, i: layer_tensors(source, plans, masks, options, secret.value, i),
+            build_spec=lambda masks: release_spec(source, stats, options, masks, plans, secret.value, "float32",
+                                                  boost_channels(plans, masks, options.order)),
+            build_layer=lambda masks, i: layer_tensors(source, plans, masks, options, secret.value, i,
+                                                       boost_channels(plans, masks, options.order)),
             progress=progress,
         )
     masks = select_channels(plans, coverage, options.fit)

@@ -29,6 +29,8 @@ from packager.transform import (
     Hardening,
     LayerPlan,
     SourceMLP,
+    allocation_orders,
+    boost_channels,
     build_layer,
     fit_layer,
     layer_generator,
@@ -40,6 +42,7 @@ RUNTIME_DIR = Path(__file__).resolve().parent / "runtime"
 RUNTIME_FILES = ("configuration_unswift.py", "modeling_unswift.py")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 DEFAULT_SHARD_BYTES = 2 * 1024**3
+ALLOCATIONS = ("boost", "uniform")
 #: Highest series order accepted: `--slowdown` needs high orders to reach large slowdowns on small models.
 MAX_ORDER = 128
 #: `--slowdown` accepts (1, MAX_SLOWDOWN].
@@ -58,6 +61,7 @@ class ConvertOptions:
     coverage: float | None = None  # None: auto
     slowdown: float | None = None  # None: order and coverage as given
     fit: str = "weighted"
+    allocation: str = "boost"  # "boost": per-channel orders N-1 / 2N at the bytes of order N (weighted fit)
     hardening: bool = True
     dtype: str | None = None  # None: the source's
     min_top1: float = 0.995
@@ -81,6 +85,8 @@ class ConvertOptions:
                 f"--coverage {self.coverage} is outside (0, 1]: pass a fraction such as 0.7, or auto")
         if self.fit not in FITS:
             raise UsageError(f"--fit {self.fit!r} is unknown; choose one of {', '.join(FITS)}")
+        if self.allocation not in ALLOCATIONS:
+            raise UsageError(f"--allocation {self.allocation!r} is unknown; choose one of {', '.join(ALLOCATIONS)}")
         if self.dtype is not None and self.dtype not in DTYPES:
             raise UsageError(f"--dtype {self.dtype!r} is unknown; choose one of {', '.join(DTYPES)}")
         if not (0.0 < self.min_top1 <= 1.0):
@@ -138,21 +144,66 @@ def plan_layers(checkpoint: Checkpoint, stats: Stats, options: ConvertOptions) -
             raise UsageError(
                 f"statistics of '{unit.name}' do not match the checkpoint's MLP width; re-calibrate")
         plans.append(fit_layer(activation, layer_stats, down.norm(dim=0), order=options.order,
-                               fit=options.fit, normalise=options.hardening_scheme.normalise))
+                               fit=options.fit, normalise=options.hardening_scheme.normalise,
+                               allocation=options.allocation))
     return plans
 
 
 def layer_tensors(checkpoint: Checkpoint, plans: list[LayerPlan], masks: list[torch.Tensor],
-                  options: ConvertOptions, secret: bytes, layer: int) -> dict[str, torch.Tensor]:
-    """The release tensors of MLP unit `layer` (a layer's MLP or an expert), named as released (float64)."""
+                  options: ConvertOptions, secret: bytes, layer: int,
+                  boosts: list[torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+    """The release tensors of MLP unit `layer` (a layer's MLP or an expert), named as released (float64).
+
+    With order allocation (`boosts`), the unit's channels form groups released one after the other:
+    base-order channels, boost-order channels, then plaintext channels (docs/FORMAT.md, "groups").
+    """
     unit = mlp_units(checkpoint)[layer]
-    tensors = build_layer(source_mlp(checkpoint, unit), plans[layer].fit, masks[layer],
-                          options.hardening_scheme, layer_generator(secret, layer))
+    source, plan, scheme = source_mlp(checkpoint, unit), plans[layer], options.hardening_scheme
+    if boosts is None:
+        tensors = build_layer(source, plan.fit, masks[layer], scheme, layer_generator(secret, layer))
+    else:
+        boosted = boosts[layer]
+        groups = [(plan.base, masks[layer] & ~boosted), (plan.boost, boosted)]
+        parts = [build_layer(source, fit, mask, scheme, layer_generator(secret, layer, group))
+                 for group, (fit, mask) in enumerate(groups)]
+        tensors = _join_groups(parts, [int(mask.sum()) for _, mask in groups], masks[layer], source.up is not None,
+                               build_layer(source, plan.fit, masks[layer], scheme, layer_generator(secret, layer, 2)))
     return {unit.prefix + name: value for name, value in tensors.items()}
 
 
+def _join_groups(parts: list[dict[str, torch.Tensor]], counts: list[int], expanded: torch.Tensor, gated: bool,
+                 plain_part: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Concatenate the expanded channels of each group's `build_layer` output, then the plaintext ones.
+
+    Each part holds its group's channels first (rows and theta columns), so slicing them out keeps each
+    group's own secret signs, scales and permutation; the plaintext channels come from `plain_part`.
+    """
+    intermediate = expanded.numel()
+    total = int(expanded.sum())
+    halves = 2 if gated else 1
+
+    def rows(t: torch.Tensor, count: int, start: int = 0) -> list[torch.Tensor]:
+        return [t[h * intermediate + start : h * intermediate + start + count] for h in range(halves)]
+
+    joined: dict[str, torch.Tensor] = {}
+    for name in ("in_proj.weight", "in_proj.bias"):
+        blocks = [rows(part[name], count) for part, count in zip(parts, counts, strict=True)]
+        plain = rows(plain_part[name], intermediate - total, total)
+        joined[name] = torch.cat([b for h in range(halves) for b in [*(blk[h] for blk in blocks), plain[h]]])
+    columns = []
+    for part, count in zip(parts, counts, strict=True):
+        per_channel = (part["theta"].shape[1] - (intermediate - count)) // max(count, 1)
+        columns.append(part["theta"][:, : count * per_channel])
+    plain_columns = plain_part["theta"].shape[1] - (intermediate - total)
+    joined["theta"] = torch.cat([*columns, plain_part["theta"][:, plain_columns:]], dim=1)
+    if "out_bias" in plain_part:
+        joined["out_bias"] = plain_part["out_bias"]
+    return joined
+
+
 def release_spec(checkpoint: Checkpoint, stats: Stats, options: ConvertOptions, masks: list[torch.Tensor],
-                 plans: list[LayerPlan], secret: bytes, dtype_name: str) -> dict:
+                 plans: list[LayerPlan], secret: bytes, dtype_name: str,
+                 boosts: list[torch.Tensor] | None = None) -> dict:
     """config.json["unswift"]: every parameter of the transform (the one source of truth)."""
     adapter = checkpoint.adapter
     hidden_act = adapter.activation_name(checkpoint.config)
@@ -177,8 +228,10 @@ def release_spec(checkpoint: Checkpoint, stats: Stats, options: ConvertOptions, 
         "coverage": expanded / total,
         "requested_coverage": "auto" if options.coverage is None else options.coverage,
         "min_top1": options.min_top1,
-        "layers": [{"unit": unit.name, "intermediate": int(m.numel()), "expanded": int(m.sum())}
-                   for unit, m in zip(units, masks, strict=True)],
+        "layers": [{"unit": unit.name, "intermediate": int(m.numel()), "expanded": int(m.sum()),
+                    **_groups(m, None if boosts is None else boosts[i], options.order)}
+                   for i, (unit, m) in enumerate(zip(units, masks, strict=True))],
+        "allocation": _allocation(options, boosts, masks),
         "experts": adapter.runtime_spec(),
         "out_bias": has_down_bias,
         "hardening": {"enabled": options.hardening, **options.hardening_scheme.to_json(),
@@ -188,6 +241,26 @@ def release_spec(checkpoint: Checkpoint, stats: Stats, options: ConvertOptions, 
         "dtype": dtype_name,
         "transformers": TRANSFORMERS_RANGE,
     }
+
+
+def _groups(mask: torch.Tensor, boosted: torch.Tensor | None, order: int) -> dict:
+    """The unit's channel groups (base order, boost order), in release order; nothing when uniform."""
+    if boosted is None:
+        return {}
+    base, boost = allocation_orders(order)
+    return {"groups": [{"channels": int((mask & ~boosted).sum()), "order": base},
+                       {"channels": int(boosted.sum()), "order": boost}]}
+
+
+def _allocation(options: ConvertOptions, boosts: list[torch.Tensor] | None, masks: list[torch.Tensor]) -> dict:
+    if boosts is None:
+        return {"kind": "uniform", "order": options.order}
+    base, boost = allocation_orders(options.order)
+    boosted, expanded = sum(int(b.sum()) for b in boosts), sum(int(m.sum()) for m in masks)
+    return {"kind": "boost", "base_order": base, "boost_order": boost, "boosted_channels": boosted,
+            "expanded_channels": expanded,
+            "columns_per_expanded_channel": (boosted * (boost + 1) + (expanded - boosted) * (base + 1))
+            / max(expanded, 1)}
 
 
 def _fit_parameters(options: ConvertOptions) -> dict:
@@ -263,7 +336,8 @@ def write_release(checkpoint: Checkpoint, out: Path, *, stats: Stats, options: C
     say = progress or (lambda _msg: None)
     dtype_name = options.dtype or _dtype_name(_source_dtype(checkpoint))
     dtype = DTYPES[dtype_name]
-    spec = release_spec(checkpoint, stats, options, masks, plans, secret.value, dtype_name)
+    boosts = boost_channels(plans, masks, options.order)
+    spec = release_spec(checkpoint, stats, options, masks, plans, secret.value, dtype_name, boosts)
     adapter = checkpoint.adapter
     mlp_prefixes = adapter.source_prefixes(checkpoint.config)
     units = mlp_units(checkpoint)
@@ -276,7 +350,8 @@ def write_release(checkpoint: Checkpoint, out: Path, *, stats: Stats, options: C
                 writer.add(adapter.release_key(key), tensor)
         for index, unit in enumerate(units):
             say(f"MLP {index + 1}/{len(units)} ({unit.name}): {int(masks[index].sum())} channels expanded")
-            for name, tensor in layer_tensors(checkpoint, plans, masks, options, secret.value, index).items():
+            for name, tensor in layer_tensors(checkpoint, plans, masks, options, secret.value, index,
+                                              boosts).items():
                 writer.add(name, tensor.to(dtype))
         shard_names = writer.finish()
         config = release_config(checkpoint, spec)

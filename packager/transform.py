@@ -66,21 +66,45 @@ class LayerPlan:
     fit: ChannelFit
     score: torch.Tensor  # larger = worse to expand (expected output error), per channel
     width: torch.Tensor  # calibrated range max - min, per channel
+    #: With order allocation: the same channels fitted at the base and boost orders, and their scores.
+    base: ChannelFit | None = None
+    base_score: torch.Tensor | None = None
+    boost: ChannelFit | None = None
+    boost_score: torch.Tensor | None = None
+
+
+def allocation_orders(order: int) -> tuple[int, int] | None:
+    """(base, boost) orders of the boost allocation for a nominal order N, or None when N is too small.
+
+    Most channels get N-1 terms and a fraction 1/(N+1) of them gets 2N: the coefficient columns, hence
+    the bytes read per token, are exactly those of a uniform order N (see `boost_channels`).
+    """
+    return (order - 1, 2 * order) if order >= 2 else None
 
 
 def fit_layer(activation: Activation, stats: LayerStats, down_norms: torch.Tensor, *, order: int, fit: str,
-              normalise: bool) -> LayerPlan:
-    """Fit every channel of one layer and score it by the output error it would add."""
+              normalise: bool, allocation: str = "uniform") -> LayerPlan:
+    """Fit every channel of one layer and score it by the output error it would add.
+
+    With `allocation="boost"` (weighted fit only) every channel is also fitted at both allocation
+    orders, so `boost_channels` can choose between the uniform order and the allocation.
+    """
     histogram = stats.histogram
+    up = stats.up_rms.double() if stats.up_rms.abs().sum() > 0 else torch.ones_like(stats.min.double())
+    weight = up * down_norms.double()
+    width = (stats.max - stats.min).double()
     if fit == "taylor":
         channel_fit = fit_taylor(activation, stats.min, stats.max, order, normalise=normalise, histogram=histogram)
-    elif fit == "weighted":
-        channel_fit = fit_weighted(activation, histogram, order)
-    else:
+        return LayerPlan(channel_fit, channel_fit.error * weight, width)
+    if fit != "weighted":
         raise ValueError(f"unknown fit {fit!r}; expected one of {FITS}")
-    up = stats.up_rms.double() if stats.up_rms.abs().sum() > 0 else torch.ones_like(channel_fit.error)
-    score = channel_fit.error * up * down_norms.double()
-    return LayerPlan(channel_fit, score, (stats.max - stats.min).double())
+    channel_fit = fit_weighted(activation, histogram, order)
+    orders = allocation_orders(order) if allocation == "boost" else None
+    if orders is None:
+        return LayerPlan(channel_fit, channel_fit.error * weight, width)
+    base, boost = (fit_weighted(activation, histogram, n) for n in orders)
+    return LayerPlan(channel_fit, channel_fit.error * weight, width, base, base.error * weight,
+                     boost, boost.error * weight)
 
 
 def select_channels(plans: list[LayerPlan], coverage: float, fit: str) -> list[torch.Tensor]:
@@ -98,16 +122,45 @@ def select_channels(plans: list[LayerPlan], coverage: float, fit: str) -> list[t
             mask[torch.argsort(plan.width, stable=True)[:count]] = True
             masks.append(mask)
         return masks
-    scores = torch.cat([plan.score for plan in plans])
+    # With order allocation a channel is judged at the best order it could get.
+    scores = torch.cat([plan.score if plan.boost_score is None else torch.minimum(plan.score, plan.boost_score)
+                        for plan in plans])
     count = int(round(coverage * scores.numel()))
     chosen = torch.zeros(scores.numel(), dtype=torch.bool)
     chosen[torch.argsort(scores, stable=True)[:count]] = True
     return list(torch.split(chosen, [plan.score.numel() for plan in plans]))
 
 
-def layer_generator(secret: bytes, layer: int) -> torch.Generator:
-    """A torch.Generator for one layer, derived from the release secret (HMAC-SHA256)."""
-    digest = hmac.new(secret, f"unswift/layer/{layer}".encode(), hashlib.sha256).digest()
+def boost_channels(plans: list[LayerPlan], masks: list[torch.Tensor], order: int) -> list[torch.Tensor] | None:
+    """Which expanded channels get the boost order (2N, the others N-1), or None for a uniform order N.
+
+    The B boosted channels are those whose error the boost reduces the most, model-wide, with B set so
+    the coefficient columns equal a uniform order N's: (E - B) N + B (2N + 1) = E (N + 1), i.e.
+    B = E / (N + 1) for E expanded channels. The allocation is used only where its expected output
+    error (sum of squared channel scores) is below the uniform order's; heavy-tailed models (real
+    LLMs, whose few wide channels dominate the error) gain, uniformly wide ones do not.
+    """
+    if plans[0].boost is None:
+        return None
+    expanded = torch.cat(masks)
+    base = torch.cat([plan.base_score for plan in plans])
+    boost = torch.cat([plan.boost_score for plan in plans])
+    uniform = torch.cat([plan.score for plan in plans])
+    count = int(round(int(expanded.sum()) / (order + 1)))
+    gain = torch.where(expanded, base - boost, torch.full_like(base, -torch.inf))
+    chosen = torch.zeros_like(expanded)
+    chosen[torch.argsort(gain, descending=True, stable=True)[:count]] = True
+    chosen &= expanded
+    allocated = torch.where(chosen, boost, base)[expanded].pow(2).sum()
+    if allocated >= uniform[expanded].pow(2).sum():
+        return None
+    return list(torch.split(chosen, [mask.numel() for mask in masks]))
+
+
+def layer_generator(secret: bytes, layer: int, group: int | None = None) -> torch.Generator:
+    """A torch.Generator for one layer (and channel group), derived from the release secret (HMAC-SHA256)."""
+    label = f"unswift/layer/{layer}" + ("" if group is None else f"/group/{group}")
+    digest = hmac.new(secret, label.encode(), hashlib.sha256).digest()
     return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & (2**63 - 1))
 
 

@@ -200,3 +200,26 @@ def test_new_secret_lands_next_to_the_release_with_mode_0600(tiny_llama, tiny_ll
     for file in out.iterdir():
         assert value not in file.read_bytes().decode(errors="ignore")
     assert value not in result.output
+
+
+def test_order_allocation_on_heavy_tailed_channels_keeps_the_bytes_and_loads(tmp_path):
+    source = build_tiny("llama", tmp_path / "src", gate_scale=1.5, wide_channels=8)
+    stats = api.calibrate(source, tokens=1024)
+    results = {}
+    for allocation in ("boost", "uniform"):
+        result, _ = api.convert(source, tmp_path / allocation, stats=stats,
+                                options=ConvertOptions(order=6, coverage=1.0, allocation=allocation))
+        results[allocation] = result
+    boost, uniform = results["boost"].spec, results["uniform"].spec
+    assert boost["allocation"]["kind"] == "boost" and uniform["allocation"]["kind"] == "uniform"
+    assert boost["allocation"]["columns_per_expanded_channel"] == pytest.approx(7.0, abs=0.05)
+    groups = boost["layers"][0]["groups"]
+    assert [g["order"] for g in groups] == [5, 12] and sum(g["channels"] for g in groups) == 128
+    # Same bytes (up to the rounding of the boosted count), in a fresh process the same function.
+    sizes = results["boost"].release_bytes, results["uniform"].release_bytes
+    assert abs(sizes[0] - sizes[1]) < 0.01 * sizes[1]
+    done = run_python(COMPARE, str(source), str(tmp_path / "boost"), str(source), str(tmp_path / "uniform"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    measured = json.loads(done.stdout.strip().splitlines()[-1])
+    assert measured[str(tmp_path / "boost")]["kl"] < KL_TOLERANCE
+    assert measured[str(tmp_path / "boost")]["kl"] < measured[str(tmp_path / "uniform")]["kl"]

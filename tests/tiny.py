@@ -50,11 +50,13 @@ def _normal(like: torch.Tensor, std: float) -> torch.Tensor:
 
 
 def build_tiny(family: str, out: Path, *, seed: int = 0, gate_scale: float = 6.0,
-               original_format: bool = True, **overrides) -> Path:
+               original_format: bool = True, wide_channels: int = 0, **overrides) -> Path:
     """Save a tiny random `family` checkpoint whose gate pre-activations have std ~ gate_scale / 3.
 
     `original_format=False` saves mixture-of-experts weights packed as transformers 5.x holds them in
     memory (`experts.gate_up_proj`, `experts.down_proj`) instead of one tensor per expert.
+    `wide_channels=k` makes the first k gate rows of every dense MLP 6x wider, like the few outlier
+    channels of real LLMs (heavy-tailed widths are what order allocation is for).
     """
     config_name, model_name, extra = FAMILIES[family]
     config = getattr(transformers, config_name)(**{**BASE, **extra, **overrides})
@@ -66,6 +68,8 @@ def build_tiny(family: str, out: Path, *, seed: int = 0, gate_scale: float = 6.0
             gate_std = (gate_scale / 3) / fan_in**0.5  # normed inputs have unit scale per element
             if name.endswith(_GATE):
                 param.copy_(_normal(param, gate_std))
+                if wide_channels and param.dim() == 2:
+                    param[:wide_channels] *= 6.0
             elif name.endswith(_UP + _DOWN):
                 param.copy_(_normal(param, 1 / fan_in**0.5))
             elif name.endswith(_FUSED):

@@ -32,6 +32,10 @@ def convert_options(func: Callable) -> Callable:
         click.option("--fit", type=click.Choice(["weighted", "taylor"]), default="weighted", show_default=True,
                      help="'taylor' = the paper's derivative coefficients about the range midpoint; 'weighted' "
                           "= least squares over the calibrated distribution (Chebyshev basis, measured better)."),
+        click.option("--allocation", type=click.Choice(["boost", "uniform"]), default="boost", show_default=True,
+                     help="'boost': with the weighted fit, channels get order N-1 or 2N (the 1/(N+1) whose error "
+                          "drops most), reading the same bytes as order N; used only where it lowers the expected "
+                          "error. 'uniform': every channel order N."),
         click.option("--min-top1", type=float, default=None,
                      help="Fidelity threshold: picks --coverage auto (default 0.995); in `release` a miss "
                           "stops before pushing (exit 1)."),
@@ -59,10 +63,11 @@ def convert_options(func: Callable) -> Callable:
 
 
 def build_convert_options(order: int, coverage: str, fit: str, min_top1: float | None, hardening: bool,
-                          dtype: str | None, license_: str | None, base_model: str | None):
+                          dtype: str | None, license_: str | None, base_model: str | None,
+                          allocation: str = "boost"):
     from packager.convert import ConvertOptions
 
-    options = ConvertOptions(order=order, coverage=_coverage(coverage), fit=fit,
+    options = ConvertOptions(order=order, coverage=_coverage(coverage), fit=fit, allocation=allocation,
                              min_top1=0.995 if min_top1 is None else min_top1, hardening=hardening,
                              dtype=dtype, license=license_, base_model=base_model)
     options.validate()

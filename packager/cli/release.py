@@ -30,7 +30,7 @@ from packager.cli.push import _exported
 @convert_options
 @common_options
 def release(checkpoint, repo, out, no_push, key, tag, private, gated, endpoint, revision, create_pr, no_xet,
-            max_kl, eval_tokens, audit, order, coverage, fit, min_top1, calibration, calibration_tokens,
+            max_kl, eval_tokens, audit, order, coverage, fit, allocation, min_top1, calibration, calibration_tokens,
             calibration_seed, stats, hardening, secret_file, dtype, license_, base_model, overwrite,
             as_json, quiet, debug):
     """Calibrate, convert, evaluate, audit, card, sign and push, in one resumable command.
@@ -49,7 +49,8 @@ def release(checkpoint, repo, out, no_push, key, tag, private, gated, endpoint, 
         from packager.release import PublishOptions
         from packager.release import release as run_release
 
-        options = build_convert_options(order, coverage, fit, min_top1, hardening, dtype, license_, base_model)
+        options = build_convert_options(order, coverage, fit, min_top1, hardening, dtype, license_, base_model,
+                                        allocation)
         publish = PublishOptions(repo=None if no_push else repo, tag=tag, private=private, gated=gated,
                                  endpoint=endpoint, revision=revision, create_pr=create_pr, no_xet=no_xet)
         result = run_release(checkpoint, out=out, options=options, publish=publish, key=key,

@@ -41,8 +41,9 @@ def calibrate(checkpoint, out, calibration, calibration_tokens, calibration_seed
 @click.option("--out", type=click.Path(), default=None, help="Release folder. Default: ./releases/<name>.")
 @convert_options
 @common_options
-def convert(checkpoint, out, order, coverage, fit, min_top1, calibration, calibration_tokens, calibration_seed,
-            stats, hardening, secret_file, dtype, license_, base_model, overwrite, as_json, quiet, debug):
+def convert(checkpoint, out, order, coverage, fit, allocation, min_top1, calibration, calibration_tokens,
+            calibration_seed, stats, hardening, secret_file, dtype, license_, base_model, overwrite, as_json, quiet,
+            debug):
     """Write a TaylorMLP release folder (unsigned).
 
     \b
@@ -53,7 +54,8 @@ def convert(checkpoint, out, order, coverage, fit, min_top1, calibration, calibr
         from packager import api
         from packager.checkpoint import open_checkpoint
 
-        options = build_convert_options(order, coverage, fit, min_top1, hardening, dtype, license_, base_model)
+        options = build_convert_options(order, coverage, fit, min_top1, hardening, dtype, license_, base_model,
+                                        allocation)
         source = open_checkpoint(checkpoint)
         out_dir = Path(out) if out else Path("releases") / source.name.split("/")[-1]
         result, secret = api.convert(source, out_dir, stats=stats, options=options, calibration=calibration,

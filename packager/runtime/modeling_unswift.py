@@ -76,10 +76,13 @@ def check_format(spec):
 class SeriesBasis(nn.Module):
     """Evaluates B_0..B_N at every expanded channel's normalised input in one broadcast operation.
 
-    With `extrapolation == "linear"` each basis function is continued by its tangent outside
-    [-1, 1], so inputs beyond the calibrated interval cannot make the polynomial blow up. The small
-    constant vectors are rebuilt in `forward` (not stored as buffers) because transformers creates
-    modules on the meta device and never loads non-persistent buffers.
+    Chebyshev values are cos(n·acos t) (one transcendental pair per channel, then one per term, all
+    vectorised; the three-term recurrence needs N dependent kernels and measured slower). With
+    `extrapolation == "linear"` each basis function is continued by its tangent outside [-1, 1], so
+    inputs beyond the calibrated interval cannot make the polynomial blow up; the tangent is added as
+    one fused multiply-add. The small constant vectors are rebuilt in `forward` from `arange` (not
+    stored as buffers: transformers creates modules on the meta device and never loads non-persistent
+    buffers), which keeps the module free of host synchronisation and CUDA-graph capturable.
     """
 
     def __init__(self, order, basis, extrapolation):
@@ -93,23 +96,24 @@ class SeriesBasis(nn.Module):
         self.extrapolation = extrapolation
 
     def forward(self, t):
+        """B_n(t) for n = 0..N: [..., S] -> [..., S, N+1], in t's dtype (float32 in `TaylorMLP`)."""
         n = torch.arange(self.order + 1, device=t.device, dtype=t.dtype)
         t = t.unsqueeze(-1)
-        inside = t.clamp(-1.0, 1.0) if self.extrapolation == "linear" else t
+        inside = t.clamp(-1.0, 1.0)
         if self.basis == "chebyshev":
-            values = torch.cos(n * torch.acos(inside.clamp(-1.0, 1.0)))
+            values = torch.cos(torch.acos(inside) * n)
             if self.extrapolation == "none":  # |t| > 1: |T_n(t)| = cosh(n acosh|t|), sign (-1)^n for t < 0
                 outside = torch.cosh(n * torch.acosh(t.abs().clamp(min=1.0)))
                 outside = outside * torch.where(t < 0, torch.cos(n * math.pi), 1.0)
                 values = torch.where(t.abs() > 1.0, outside, values)
+            slope = n * n  # T_n'(1) = n^2, T_n'(-1) = (-1)^(n+1) n^2
         else:
-            values = inside.pow(n)
+            values = (inside if self.extrapolation == "linear" else t).pow(n)
+            slope = n  # (t^n)' = n t^(n-1): n at 1, (-1)^(n+1) n at -1
         if self.extrapolation == "linear":
-            # Derivatives at the ends: T_n'(1) = n^2, T_n'(-1) = (-1)^(n+1) n^2; (t^n)' = n t^(n-1).
-            slope = n * n if self.basis == "chebyshev" else n
-            parity = 1.0 - 2.0 * torch.remainder(n, 2.0)
+            below = slope * (2.0 * torch.remainder(n, 2.0) - 1.0)  # (-1)^(n+1) * slope
             beyond = t - inside
-            values = values + beyond * torch.where(beyond > 0, slope, -parity * slope)
+            values = torch.addcmul(values, beyond, torch.where(beyond > 0, slope, below))
         return values
 
 
@@ -118,7 +122,13 @@ class TaylorMLP(nn.Module):
 
     Parameter names match the release's safetensors (see docs/FORMAT.md of unswift):
     `in_proj` holds gate rows (normalised for expanded channels) then up rows; `theta` holds Θ_{j,n}
-    at column j*(N+1)+n followed by the plaintext channels' down columns.
+    at column j*(N+1)+n, group after group (each group of channels has its own order N), followed by the
+    plaintext channels' down columns.
+
+    One fused projection, one feature build and one matrix multiply per call, with static shapes and
+    no host synchronisation (`torch.compile(fullgraph=True)` and CUDA graphs capture it). In bfloat16 /
+    float16 the features are computed in float32 from the projection and cast once before the multiply;
+    the multiply accumulates as the backend does for that dtype (float32 on CPU and in cuBLAS).
     """
 
     def __init__(self, config, layer_index):
@@ -129,29 +139,38 @@ class TaylorMLP(nn.Module):
         self.intermediate = int(layer["intermediate"])
         self.expanded = int(layer["expanded"])
         self.order = int(spec["order"])
+        # Channel groups of their own order (order allocation); one group of `order` otherwise.
+        groups = layer.get("groups") or [{"channels": self.expanded, "order": self.order}]
+        self.groups = [(int(g["channels"]), int(g["order"])) for g in groups if int(g["channels"])]
+        if sum(count for count, _ in self.groups) != self.expanded:
+            raise ValueError(f"unit {layer_index}: channel groups do not add up to {self.expanded} expanded channels")
         hidden = config.hidden_size
         rows = self.intermediate * (2 if self.gated else 1)
         self.in_proj = nn.Linear(hidden, rows, bias=True)
-        columns = self.expanded * (self.order + 1) + (self.intermediate - self.expanded)
+        columns = sum(count * (order + 1) for count, order in self.groups) + (self.intermediate - self.expanded)
         self.theta = nn.Parameter(torch.empty(hidden, columns))
         self.out_bias = nn.Parameter(torch.zeros(hidden)) if spec.get("out_bias") else None
-        self.basis = SeriesBasis(self.order, spec["basis"], spec["extrapolation"])
+        self.bases = nn.ModuleList(SeriesBasis(order, spec["basis"], spec["extrapolation"]) for _, order in self.groups)
         self.act_fn = ACT2FN[spec["hidden_act"]]
 
     def features(self, x):
         """The vector Θ multiplies: series features of expanded channels, then plaintext activations."""
         z = self.in_proj(x)
-        gate = z[..., : self.intermediate]
-        t = gate[..., : self.expanded].float()
-        series = self.basis(t)  # [..., S, N+1]
-        if self.gated:
-            up = z[..., self.intermediate :]
-            series = series * up[..., : self.expanded, None].float()
-            plain = self.act_fn(gate[..., self.expanded :]) * up[..., self.expanded :]
-        else:
-            plain = self.act_fn(gate[..., self.expanded :])
-        series = series.flatten(-2).to(self.theta.dtype)
-        return torch.cat([series, plain.to(self.theta.dtype)], dim=-1)
+        expanded, intermediate, dtype = self.expanded, self.intermediate, self.theta.dtype
+        parts = []
+        start = 0
+        for (count, _), basis in zip(self.groups, self.bases, strict=True):  # static: at most a few groups
+            series = basis(z[..., start : start + count].float())  # [..., count, order+1]
+            if self.gated:
+                series = series * z[..., intermediate + start : intermediate + start + count, None].float()
+            parts.append(series.flatten(-2).to(dtype))
+            start += count
+        if expanded < intermediate:
+            plain = self.act_fn(z[..., expanded:intermediate])
+            if self.gated:
+                plain = plain * z[..., intermediate + expanded :]
+            parts.append(plain.to(dtype))
+        return parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)
 
     def forward(self, x):
         return F.linear(self.features(x), self.theta, self.out_bias)
@@ -180,27 +199,33 @@ def install_taylor_mlps(layers, config):
     """Replace every MLP unit of `layers` (decoder layers, in order) by its series module.
 
     Units follow config.unswift["layers"]: per layer its dense MLP, or, in a mixture-of-experts block,
-    each routed expert then the shared expert. Routers and shared-expert gates stay as they are.
+    the routed experts then the shared expert. Routers and shared-expert gates stay as they are.
+    Returns (module, attribute, original) for each replacement, so a caller can put the originals back.
     """
     spec = config.unswift
     experts = spec.get("experts")
+    replaced = []
     index = 0
     for layer in layers:
         block = layer.mlp
         if experts and hasattr(block, experts["module"]):
             count = getattr(block, experts["module"]).num_experts
             taylor = TaylorExperts(TaylorMLP(config, index + e) for e in range(count))
-            setattr(block, experts["module"], taylor)
+            replaced.append((block, experts["module"], getattr(block, experts["module"])))
             index += count
             if experts.get("shared"):
+                replaced.append((block, experts["shared"], getattr(block, experts["shared"])))
                 setattr(block, experts["shared"], TaylorMLP(config, index))
                 index += 1
+            setattr(block, experts["module"], taylor)
         else:
+            replaced.append((layer, "mlp", block))
             layer.mlp = TaylorMLP(config, index)
             index += 1
     if index != len(spec["layers"]):
         raise ValueError(f"this model has {index} MLP units but the release describes {len(spec['layers'])}; "
                          "config.json does not match the model it was written for")
+    return replaced
 
 
 def _decoder_layers(model):
