@@ -54,6 +54,12 @@ def _parents(model, checkpoint: Checkpoint) -> list:
     return list(root)
 
 
+def _source_key(checkpoint: Checkpoint) -> str:
+    import json
+
+    return json.dumps(checkpoint.file_digests(), sort_keys=True)
+
+
 def choose_coverage(
     checkpoint: Checkpoint, model, plans: list[LayerPlan], *, min_top1: float, seed: int,
     build_spec: Callable[[list[torch.Tensor]], dict],
@@ -64,7 +70,7 @@ def choose_coverage(
     say = progress or (lambda _msg: None)
     tokenizer = checkpoint.load_tokenizer()
     text = sample_text(model, tokenizer, kind="eval", tokens=SELECTION_TOKENS, seq_len=256,
-                       seed=seed + SELECTION_SEED_OFFSET)
+                       seed=seed + SELECTION_SEED_OFFSET, cache_key=f"{_source_key(checkpoint)}/float32")
     reference = reference_logits(model, text.ids)  # before any MLP is swapped
     trials: list[dict] = []
     fit = "taylor" if plans[0].fit.basis == "monomial" else "weighted"

@@ -181,7 +181,7 @@ def calibrate(
     else:
         say(f"sampling {tokens} calibration tokens from the model (seed {seed})")
         token_text = sample_text(model, tokenizer, kind="calibration", tokens=tokens, seq_len=seq_len,
-                                 seed=seed)
+                                 seed=seed, cache_key=f"{_source_digest(checkpoint)}/float32")
     ids = token_text.ids
     heldout = max(1, ids.shape[0] // 10) if ids.shape[0] > 1 else 0
     fit_ids, held_ids = ids[: ids.shape[0] - heldout], ids[ids.shape[0] - heldout :]

@@ -7,6 +7,7 @@ sequence at a time), so a release is read against the numerical noise of the pla
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -184,7 +185,8 @@ def evaluate(
     else:
         say(f"sampling {tokens} eval tokens from the reference (seed {seed + EVAL_SEED_OFFSET})")
         eval_text = sample_text(ref, tokenizer, kind="eval", tokens=tokens, seq_len=seq_len,
-                                seed=seed + EVAL_SEED_OFFSET)
+                                seed=seed + EVAL_SEED_OFFSET,
+                                cache_key=f"{json.dumps(reference.file_digests(), sort_keys=True)}/{dtype_name}")
     calibration = record.get("calibration") or {}
     overlap = calibration.get("text_digest") == eval_text.digest or (
         text is not None and calibration.get("source") == eval_text.source)

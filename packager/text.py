@@ -66,12 +66,37 @@ def fit_length(config, seq_len: int) -> int:
 @torch.no_grad()
 def sample_text(
     model, tokenizer, *, kind: str, tokens: int, seq_len: int, seed: int, batch_size: int = 32,
+    cache_key: str | None = None,
 ) -> TokenText:
     """Sample `tokens` tokens of text from the model itself, starting from the `kind` prompt set.
 
     Each sequence is a prompt followed by sampled tokens (temperature 1, nucleus 0.95, EOS suppressed
-    until the sequence is full), truncated to `seq_len`.
+    until the sequence is full), truncated to `seq_len`. With `cache_key` (which must identify the
+    model's weights and dtype exactly) the result is kept in the unswift cache, so calibration, auto
+    coverage and eval of the same source do not sample the same text twice.
     """
+    path = None
+    if cache_key is not None:
+        from packager.gguf import cache_root
+
+        label = json.dumps([cache_key, kind, tokens, seq_len, seed, batch_size, fit_length(model.config, seq_len)])
+        path = cache_root() / "text" / f"{sha256_text(label)[:32]}.json"
+        if path.is_file():
+            saved = json.loads(path.read_text())
+            return TokenText(torch.tensor(saved["ids"]), saved["source"], saved["digest"])
+    text = _sample_text(model, tokenizer, kind=kind, tokens=tokens, seq_len=seq_len, seed=seed,
+                        batch_size=batch_size)
+    if path is not None:
+        from packager.release_dir import write_text_atomic
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(path, json.dumps({"ids": text.ids.tolist(), "source": text.source,
+                                            "digest": text.digest}))
+    return text
+
+
+def _sample_text(model, tokenizer, *, kind: str, tokens: int, seq_len: int, seed: int, batch_size: int
+                 ) -> TokenText:
     seq_len = fit_length(model.config, seq_len)
     sequences = max(1, -(-tokens // seq_len))
     generator = torch.Generator().manual_seed(seed)
