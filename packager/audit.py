@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
-from packager.attacks import ATTACK_NAMES, RecoveredMLP, ReleasedMLP
+from packager.attacks import ATTACK_NAMES, RecoveredMLP, ReleasedMLP, by_group, merge_extras
 from packager.errors import CheckFailed, UsageError
 from packager.series.activations import get_activation
 
@@ -39,6 +39,8 @@ TOLERANCE = 0.01
 HELDOUT_TOKENS = 384
 #: Seeds of the text the attacker samples from the release (data for the density and learning attacks).
 ATTACKER_SEED = 2000
+#: Length of the attacker's sampled sequences (short: sampling is the slow part on a CPU).
+ATTACKER_SEQ_LEN = 64
 #: At most this many source vectors are named per leaking tensor.
 LEAK_EXAMPLES = 20
 
@@ -85,6 +87,7 @@ class AuditReport:
     leaks: list[dict] | None
     reference: str | None
     heldout_tokens: int
+    release_top1: float | None = None  # the release itself against the source, on the same tokens
     tolerance: float = TOLERANCE
     notes: list[str] = field(default_factory=list)
 
@@ -95,6 +98,7 @@ class AuditReport:
             "leaks": self.leaks,
             "reference": self.reference,
             "heldout_tokens": self.heldout_tokens,
+            "release_top1": self.release_top1,
             "tolerance": self.tolerance,
             "notes": self.notes,
         }
@@ -156,6 +160,7 @@ class ReleaseFiles:
             intermediate=int(entry["intermediate"]), expanded=int(entry["expanded"]),
             order=int(spec["order"]), basis=spec["basis"], extrapolation=spec["extrapolation"],
             fit=spec["fit"], activation=get_activation(spec["hidden_act"]), gated=bool(spec["gated"]),
+            groups=tuple((int(g["channels"]), int(g["order"])) for g in entry.get("groups") or ()),
         )
 
 
@@ -409,36 +414,46 @@ def _tokenizer(release: ReleaseFiles):
         return None
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(release.path)
+    return AutoTokenizer.from_pretrained(release.path, trust_remote_code=False)
 
 
 @torch.no_grad()
 def attacker_ids(release: ReleaseFiles, model, tokens: int) -> tuple[torch.Tensor, str]:
-    """Text the attacker samples from the release itself (seeded; random prompts without a tokenizer)."""
-    from packager.text import sample_text
+    """The attacker's own text: the public prompt sets shipped with unswift (never the calibration text).
 
-    text = sample_text(model, _tokenizer(release), kind="greedy", tokens=tokens, seq_len=128,
-                       seed=ATTACKER_SEED)
-    return text.ids, text.source
+    Without a tokenizer, token sequences sampled from the release itself from random prompts (seeded).
+    """
+    from packager.text import builtin_prompts, sample_text
+
+    tokenizer = _tokenizer(release)
+    if tokenizer is None:
+        text = sample_text(model, None, kind="greedy", tokens=tokens, seq_len=ATTACKER_SEQ_LEN,
+                           seed=ATTACKER_SEED)
+        return text.ids, text.source
+    stream: list[int] = []
+    for prompt in builtin_prompts("calibration") + builtin_prompts("greedy"):
+        stream.extend(tokenizer(prompt)["input_ids"])
+    stream = stream[:tokens]
+    length = min(128, len(stream))
+    count = len(stream) // length
+    return torch.tensor(stream[: count * length]).view(count, length), "built-in calibration and greedy prompts"
 
 
 @torch.no_grad()
-def capture_io(model, units: list[str], ids: torch.Tensor, *, outputs: Iterable[int] = ()
+def capture_io(model, units: list[str], ids: torch.Tensor, *, inputs: Iterable[int], outputs: Iterable[int] = ()
                ) -> dict[int, tuple[torch.Tensor, torch.Tensor | None]]:
-    """Inputs (and, for `outputs`, outputs) of the release's MLP units on `ids`, float32, [T, H]."""
+    """Inputs of the release's MLP units `inputs` (and outputs of `outputs`) on `ids`, float32 [T, H]."""
     wanted_out = set(outputs)
-    seen: dict[int, tuple[list, list]] = {i: ([], []) for i in range(len(units))}
+    wanted = sorted(set(inputs) | wanted_out)
+    seen: dict[int, tuple[list, list]] = {i: ([], []) for i in wanted}
     handles = []
-    for index, name in enumerate(units):
-        module = model.get_submodule(name)
-
+    for index in wanted:
         def hook(_module, args, result, index=index):
-            x = args[0].reshape(-1, args[0].shape[-1]).float()
-            seen[index][0].append(x)
+            seen[index][0].append(args[0].reshape(-1, args[0].shape[-1]).float())
             if index in wanted_out:
                 seen[index][1].append(result.reshape(-1, result.shape[-1]).float())
 
-        handles.append(module.register_forward_hook(hook))
+        handles.append(model.get_submodule(units[index]).register_forward_hook(hook))
     try:
         for row in ids:
             model(input_ids=row.unsqueeze(0))
@@ -474,7 +489,7 @@ def _check_secret(release: ReleaseFiles, secret_file: str | Path | None) -> str 
 def audit(
     release_dir: str | Path, *, reference=None, secret_file: str | Path | None = None,
     max_recovered: float | None = None, attacks: Iterable[str] = ATTACK_NAMES,
-    learning: LearningBudget | None = None, progress: Progress = None,
+    learning: LearningBudget | None = None, kerckhoffs_data: bool = False, progress: Progress = None,
 ) -> AuditReport:
     """Run the known attacks and the leak scan on a release.
 
@@ -487,7 +502,9 @@ def audit(
             given to an attack.
         max_recovered: raise `CheckFailed` if an attack recovers a larger fraction (needs `reference`).
         attacks: which attacks to run, of `coefficient_ratio`, `kerckhoffs`, `learning`.
-        learning: the learning attack's budget.
+        learning: the learning attack's budget (its `tokens` also size the attacker's text).
+        kerckhoffs_data: give the `kerckhoffs` attacker MLP inputs recorded on its own text (it then
+            refits with their histogram); by default it uses no data at all.
 
     Returns:
         The report (also attached to `CheckFailed.details` when the threshold is missed).
@@ -496,8 +513,6 @@ def audit(
         UsageError: not a release, unknown attack, secret mismatch, or `max_recovered` without reference.
         CheckFailed: an attack recovered more than `max_recovered`.
     """
-    from packager.attacks import coefficient_ratio, kerckhoffs
-    from packager.attacks import learning as learning_attack
     from packager.checkpoint import Checkpoint, open_checkpoint
     from packager.convert import source_mlp
     from packager.evaluate import load_release
@@ -521,106 +536,56 @@ def audit(
     checkpoint = None
     if reference is not None:
         checkpoint = reference if isinstance(reference, Checkpoint) else open_checkpoint(reference)
-    units = release.units
-    activation = get_activation(release.spec["hidden_act"])
     torch.manual_seed(budget.seed)
 
     say("loading the release through its own loader")
     model = load_release(release.path, dtype=torch.float32)
     ids, text_source = heldout_ids(release)
+    bench = _Bench(model=model, ids=ids, units=release.units,
+                   activation=get_activation(release.spec["hidden_act"]), budget=budget)
     if checkpoint is not None:
         source_model = checkpoint.load_model(torch.float32)
-        target = reference_logits(source_model, ids)
+        bench.target = reference_logits(source_model, ids)
         del source_model
-        compared_with = "source"
+        bench.compared_with = "source"
+        release_top1 = top1_agreement(bench.target, model, ids)
+        bench.sources = [source_mlp(checkpoint, i) for i in range(len(bench.units))]
+        bench.protected = [expanded_source_channels(release.released_mlp(i), bench.sources[i].gate)
+                           for i in range(len(bench.units))]
     else:
-        target = reference_logits(model, ids)
-        compared_with = "release"
+        bench.target = reference_logits(model, ids)
+        release_top1 = None
         notes.append("no --reference: recovered fractions, protected_param_fraction and the leak scan need "
                      "the source checkpoint and are null; rebuilt models are compared with the release")
-    learning_units = list(budget.layers) if budget.layers is not None else [len(units) // 2]
-    data_tokens = budget.tokens if ("learning" in attacks or "kerckhoffs" in attacks) else 0
-    io: dict = {}
-    data_source = None
-    data_seconds = 0.0
-    if data_tokens:
-        say(f"attacker data: sampling {data_tokens} tokens from the release and recording its MLP inputs")
+    if "kerckhoffs" in attacks and release.spec.get("out_bias"):
+        notes.append("kerckhoffs assumes the source's gate projection has no bias (it reads the centre from "
+                     "the released bias); this family's MLPs have biases, so its figures understate what a "
+                     "knowledgeable attacker recovers")
+    bench.learning_units = list(budget.layers) if budget.layers is not None else [len(bench.units) // 2]
+    if "learning" in attacks or (kerckhoffs_data and "kerckhoffs" in attacks):
+        say(f"attacker data: running the release on up to {budget.tokens} tokens of the attacker's text")
         start = time.perf_counter()
-        data, data_source = attacker_ids(release, model, data_tokens)
-        io = capture_io(model, units, data, outputs=learning_units if "learning" in attacks else ())
-        data_seconds = time.perf_counter() - start
-
-    sources = [source_mlp(checkpoint, i) for i in range(len(units))] if checkpoint is not None else None
-    protected = None
-    if sources is not None:
-        protected = [expanded_source_channels(release.released_mlp(i), sources[i].gate)
-                     for i in range(len(units))]
+        data, source_name = attacker_ids(release, model, budget.tokens)
+        inputs_of = range(len(bench.units)) if kerckhoffs_data else bench.learning_units
+        bench.io = capture_io(model, bench.units, data, inputs=inputs_of, outputs=bench.learning_units)
+        bench.data = {"tokens": int(data.numel()), "source": source_name,
+                      "seconds": round(time.perf_counter() - start, 3)}
     results = []
     for name in attacks:
         say(f"attack {name}")
-        tally = _Tally()
-        recovered: dict[int, RecoveredMLP] = {}
-        extras: list[dict] = []
-        start = time.perf_counter()
-        if name == "learning":
-            attacked = learning_units
-        else:
-            attacked = list(range(len(units)))
-        for i in attacked:
-            released = release.released_mlp(i)
-            if name == "coefficient_ratio":
-                out = coefficient_ratio.recover(released)
-            elif name == "kerckhoffs":
-                inputs = io.get(i, (None, None))[0]
-                out = kerckhoffs.recover(released, inputs=inputs)
-            else:
-                x, y = io[i]
-                out = learning_attack.recover(released, x, y, steps=budget.steps, lr=budget.lr,
-                                              seed=budget.seed)
-            recovered[i] = out
-            if out.extra:
-                extras.append(out.extra)
-        seconds = time.perf_counter() - start
-        if sources is not None:
-            for i, out in recovered.items():
-                score_unit(tally, out, sources[i], protected[i])
-        originals = {i: _set_module(model, units[i], PlainMLP(out, activation))
-                     for i, out in recovered.items()}
-        try:
-            rebuilt = top1_agreement(target, model, ids)
-        finally:
-            for i, module in originals.items():
-                _set_module(model, units[i], module)
-        extra = _merge_extras(extras)
-        if name in ("kerckhoffs", "learning") and data_tokens:
-            extra["attacker_data"] = {"tokens": int(io[0][0].shape[0]) if io else 0, "source": data_source,
-                                      "seconds": round(data_seconds, 3)}
-        if name == "learning":
-            extra["budget"] = {"steps": budget.steps, "tokens": budget.tokens, "units": attacked,
-                               "lr": budget.lr}
-        results.append(AttackResult(
-            name=name, recovered_fraction=tally.fraction, relative_error=tally.relative_error,
-            seconds=round(seconds, 3), rebuilt_top1=rebuilt, rebuilt_compared_with=compared_with,
-            recovered_fraction_up_to_scale=tally.fraction_up_to_scale, units_attacked=len(attacked),
-            extra=extra,
-        ))
-        say(f"  {name}: recovered {_fmt(tally.fraction)}, relative error {_fmt(tally.relative_error)}, "
-            f"{seconds:.1f} s, rebuilt top-1 {rebuilt:.4f} vs the {compared_with}")
-
+        result = _run_attack(name, release, bench, kerckhoffs_data=kerckhoffs_data)
+        results.append(result)
+        say(f"  {name}: recovered {_fmt(result.recovered_fraction)}, relative error "
+            f"{_fmt(result.relative_error)}, {result.seconds:.1f} s, rebuilt top-1 {result.rebuilt_top1:.4f} "
+            f"vs the {bench.compared_with}")
     fraction = leaks = None
     if checkpoint is not None:
         say("leak scan: hashing every released row and column")
-        index = ReleaseIndex(release)
-        fraction, _, _ = protected_param_fraction(index, checkpoint)
-        declared = declared_protected(release.spec)
-        found: dict[str, list[str]] = {}
-        for i, unit in enumerate(units):
-            scan_unit(index, unit, sources[i], protected[i], declared, found)
-        leaks = [{"tensor": tensor, "count": len(matches), "matches": matches[:LEAK_EXAMPLES]}
-                 for tensor, matches in sorted(found.items())]
+        fraction, leaks = _leak_scan(release, checkpoint, bench)
     report = AuditReport(protected_param_fraction=fraction, attacks=results, leaks=leaks,
                          reference=(checkpoint.name if checkpoint is not None else None),
-                         heldout_tokens=int(ids.numel()), notes=notes + [f"held-out text: {text_source}"])
+                         heldout_tokens=int(ids.numel()), release_top1=release_top1,
+                         notes=notes + [f"held-out text: {text_source}"])
     worst = report.max_recovered()
     if max_recovered is not None and worst is not None and worst > max_recovered:
         scored = [a for a in results if a.recovered_fraction is not None]
@@ -631,21 +596,81 @@ def audit(
     return report
 
 
+@dataclass
+class _Bench:
+    """What every attack of one audit shares: the release model, texts, source weights, attacker data."""
+
+    model: torch.nn.Module
+    ids: torch.Tensor
+    units: list[str]
+    activation: object
+    budget: LearningBudget
+    target: torch.Tensor | None = None
+    compared_with: str = "release"
+    sources: list | None = None
+    protected: list[torch.Tensor] | None = None
+    learning_units: list[int] = field(default_factory=list)
+    io: dict = field(default_factory=dict)
+    data: dict | None = None
+
+
+def _run_attack(name: str, release: ReleaseFiles, bench: _Bench, *, kerckhoffs_data: bool) -> AttackResult:
+    """Run one attack on every unit it targets, score it and measure its rebuilt model."""
+    from packager.attacks import coefficient_ratio, kerckhoffs
+    from packager.attacks import learning as learning_attack
+
+    attacked = bench.learning_units if name == "learning" else list(range(len(bench.units)))
+    recovered: dict[int, RecoveredMLP] = {}
+    start = time.perf_counter()
+    for i in attacked:
+        released = release.released_mlp(i)
+        if name == "coefficient_ratio":
+            recovered[i] = by_group(coefficient_ratio.recover, released)
+        elif name == "kerckhoffs":
+            inputs = bench.io[i][0] if kerckhoffs_data else None
+            recovered[i] = by_group(lambda view, x=inputs: kerckhoffs.recover(view, inputs=x), released)
+        else:
+            x, y = bench.io[i]
+            recovered[i] = learning_attack.recover(released, x, y, steps=bench.budget.steps, lr=bench.budget.lr,
+                                                   seed=bench.budget.seed)
+    seconds = time.perf_counter() - start
+    tally = _Tally()
+    if bench.sources is not None:
+        for i, out in recovered.items():
+            score_unit(tally, out, bench.sources[i], bench.protected[i])
+    originals = {i: _set_module(bench.model, bench.units[i], PlainMLP(out, bench.activation))
+                 for i, out in recovered.items()}
+    try:
+        rebuilt = top1_agreement(bench.target, bench.model, bench.ids)
+    finally:
+        for i, module in originals.items():
+            _set_module(bench.model, bench.units[i], module)
+    extra = merge_extras([out.extra for out in recovered.values() if out.extra])
+    if name == "learning" or (name == "kerckhoffs" and kerckhoffs_data):
+        extra["attacker_data"] = bench.data
+    if name == "learning":
+        budget = bench.budget
+        extra["budget"] = {"steps": budget.steps, "tokens": (bench.data or {}).get("tokens", 0),
+                           "tokens_requested": budget.tokens, "units": attacked, "lr": budget.lr}
+    return AttackResult(
+        name=name, recovered_fraction=tally.fraction, relative_error=tally.relative_error,
+        seconds=round(seconds, 3), rebuilt_top1=rebuilt, rebuilt_compared_with=bench.compared_with,
+        recovered_fraction_up_to_scale=tally.fraction_up_to_scale, units_attacked=len(attacked), extra=extra,
+    )
+
+
+def _leak_scan(release: ReleaseFiles, checkpoint, bench: _Bench) -> tuple[float, list[dict]]:
+    """(protected_param_fraction, leaks) from one hash index of the release."""
+    index = ReleaseIndex(release)
+    fraction, _, _ = protected_param_fraction(index, checkpoint)
+    declared = declared_protected(release.spec)
+    found: dict[str, list[str]] = {}
+    for i, unit in enumerate(bench.units):
+        scan_unit(index, unit, bench.sources[i], bench.protected[i], declared, found)
+    leaks = [{"tensor": tensor, "count": len(matches), "matches": matches[:LEAK_EXAMPLES]}
+             for tensor, matches in sorted(found.items())]
+    return fraction, leaks
+
+
 def _fmt(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.4f}"
-
-
-def _merge_extras(extras: list[dict]) -> dict:
-    """Per-unit diagnostics folded into one: max of maxima, median of medians, the rest from the first."""
-    if not extras:
-        return {}
-    merged: dict = {}
-    for key in extras[0]:
-        values = [e.get(key) for e in extras if e.get(key) is not None]
-        if not values or not isinstance(values[0], (int, float)):
-            merged[key] = values[0] if values else None
-        elif key.endswith("_max"):
-            merged[key] = max(values)
-        else:
-            merged[key] = float(torch.tensor(values, dtype=torch.float64).median())
-    return merged

@@ -11,7 +11,8 @@ checkpoint or the secret; `packager.audit` compares their output with the source
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -36,6 +37,13 @@ class ReleasedMLP:
     fit: str  # "weighted" or "taylor"
     activation: Activation
     gated: bool
+    #: (channels, order) of each group of expanded channels, in release order (order allocation);
+    #: empty: one group of `order`. The closed-form attacks run on one group at a time (`by_group`).
+    groups: tuple[tuple[int, int], ...] = ()
+
+    @property
+    def channel_groups(self) -> tuple[tuple[int, int], ...]:
+        return tuple(g for g in (self.groups or ((self.expanded, self.order),)) if g[0] > 0)
 
     @property
     def gate_rows(self) -> torch.Tensor:
@@ -55,14 +63,30 @@ class ReleasedMLP:
 
     @property
     def blocks(self) -> torch.Tensor:
-        """Θ of the expanded channels as [S, H, N+1]: block j is Θ_{j,0..N}."""
+        """Θ of the expanded channels as [S, H, N+1]: block j is Θ_{j,0..N} (one order only)."""
+        if len(self.channel_groups) > 1:
+            raise ValueError("channels of several orders: attack each of `group_views()`")
         hidden, width = self.theta.shape[0], self.order + 1
         return self.theta[:, : self.expanded * width].reshape(hidden, self.expanded, width).permute(1, 0, 2)
 
     @property
     def plain_down(self) -> torch.Tensor:
         """Down columns of the plaintext channels, [H, P]."""
-        return self.theta[:, self.expanded * (self.order + 1) :]
+        return self.theta[:, sum(count * (order + 1) for count, order in self.channel_groups) :]
+
+    def group_views(self) -> list[ReleasedMLP]:
+        """One MLP per channel group, each of a single order and without plaintext channels."""
+        views, start, column = [], 0, 0
+        for count, order in self.channel_groups:
+            rows = [self.in_weight[start : start + count], self.in_bias[start : start + count]]
+            if self.gated:
+                up = slice(self.intermediate + start, self.intermediate + start + count)
+                rows = [torch.cat([rows[0], self.in_weight[up]]), torch.cat([rows[1], self.in_bias[up]])]
+            theta = self.theta[:, column : column + count * (order + 1)]
+            views.append(replace(self, in_weight=rows[0], in_bias=rows[1], theta=theta, intermediate=count,
+                                 expanded=count, order=order, groups=()))
+            start, column = start + count, column + count * (order + 1)
+        return views
 
 
 @dataclass(frozen=True)
@@ -109,3 +133,32 @@ def with_plaintext(mlp: ReleasedMLP, gate: torch.Tensor, up: torch.Tensor | None
         full_gate_bias = None
     return RecoveredMLP(gate=full_gate, down=full_down, up=full_up, gate_bias=full_gate_bias, up_bias=up_bias,
                         down_bias=mlp.out_bias, extra=extra)
+
+
+def by_group(recover: Callable[[ReleasedMLP], RecoveredMLP], mlp: ReleasedMLP) -> RecoveredMLP:
+    """Run a closed-form attack on each channel group of one order, then add the plaintext channels."""
+    parts = [recover(view) for view in mlp.group_views()]
+    hidden = mlp.theta.shape[0]
+    empty = torch.zeros(0, hidden, dtype=torch.float64)
+    gate = torch.cat([empty, *(p.gate for p in parts)])
+    up = torch.cat([empty, *(p.up for p in parts)]) if mlp.gated else None
+    down = torch.cat([empty.T, *(p.down for p in parts)], dim=1)
+    gate_bias = torch.cat([torch.zeros(0, dtype=torch.float64),
+                           *(p.gate_bias if p.gate_bias is not None else torch.zeros(p.gate.shape[0]) for p in parts)])
+    return with_plaintext(mlp, gate, up, down, gate_bias.double(), merge_extras([p.extra for p in parts if p.extra]))
+
+
+def merge_extras(extras: list[dict]) -> dict:
+    """Diagnostics of several parts folded into one: max of `*_max`, median of the rest, else the first."""
+    if not extras:
+        return {}
+    merged: dict = {}
+    for key in extras[0]:
+        values = [e.get(key) for e in extras if e.get(key) is not None]
+        if not values or not isinstance(values[0], (int, float)) or len(set(values)) == 1:
+            merged[key] = values[0] if values else None
+        elif key.endswith("_max"):
+            merged[key] = max(values)
+        else:
+            merged[key] = float(torch.tensor(values, dtype=torch.float64).median())
+    return merged

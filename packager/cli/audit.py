@@ -35,14 +35,17 @@ def _units(value: str | None) -> tuple[int, ...] | None:
 @click.option("--learning-steps", type=int, default=300, show_default=True,
               help="Budget of the learning attack: Adam steps per attacked MLP.")
 @click.option("--attacker-tokens", type=int, default=2048, show_default=True,
-              help="Tokens the attacker samples from the release to record MLP inputs/outputs.")
+              help="Tokens of the attacker's own text run through the release to record MLP inputs and "
+                   "outputs (learning attack, --kerckhoffs-data).")
 @click.option("--learning-units", default=None,
               help="MLP units the learning attack fits, e.g. '0,15'. Default: the middle one.")
+@click.option("--kerckhoffs-data", is_flag=True,
+              help="Give the kerckhoffs attacker MLP inputs recorded on its own text (default: no data).")
 @click.option("--record", is_flag=True, help="Store the result in the release's unswift.json "
               "(removes model.sig: re-sign afterwards).")
 @common_options
 def audit(release, reference, secret_file, max_recovered, attacks, learning_steps, attacker_tokens,
-          learning_units, record, as_json, quiet, debug):
+          learning_units, kerckhoffs_data, record, as_json, quiet, debug):
     """Attack a release with the known attacks and scan it for leaked source weights.
 
     Exit 0 whatever it finds, unless --max-recovered is given and an attack recovers more (exit 1).
@@ -59,7 +62,8 @@ def audit(release, reference, secret_file, max_recovered, attacks, learning_step
 
         budget = LearningBudget(steps=learning_steps, tokens=attacker_tokens, layers=_units(learning_units))
         result = run_audit(release, reference=reference, secret_file=secret_file, max_recovered=max_recovered,
-                           attacks=attacks or ATTACK_NAMES, learning=budget, progress=report.say)
+                           attacks=attacks or ATTACK_NAMES, learning=budget, kerckhoffs_data=kerckhoffs_data,
+                           progress=report.say)
         report.update(result.to_json())
         if record:
             if api.record_measurement(release, "audit", result.to_json()):
