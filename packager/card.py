@@ -388,10 +388,19 @@ def _protection(audit: dict[str, Any] | None) -> str:
             f"- Attack `{name}` ({_ATTACKS.get(name, 'an attack the audit ran')}): recovered "
             f"{_pct(attack.get('recovered_fraction'))} of the attacked weights' elements to within one "
             f"percent relative error (overall relative error {_num(attack.get('relative_error'))}) in "
-            f"{_seconds(attack.get('seconds'))}; "
+            f"{_seconds(attack.get('seconds'))}"
+            + (
+                f" ({_pct(attack['recovered_fraction_up_to_scale'])} once each channel's secret scale, which "
+                "does not change what the model computes, is set aside)"
+                if attack.get("recovered_fraction_up_to_scale") is not None
+                else ""
+            )
+            + "; "
             + (
                 f"a model rebuilt from what it recovered gives the same next token as the source "
-                f"{_pct(rebuilt)} of the time."
+                f"{_pct(rebuilt)} of the time"
+                + (f" (the release itself: {_pct(audit['release_top1'])})."
+                   if audit.get("release_top1") is not None else ".")
                 if rebuilt is not None
                 else "no model was rebuilt from it."
             )

@@ -129,10 +129,13 @@ def release(
     _check_thresholds(evaluation, min_top1=min_top1, max_kl=max_kl)
 
     if audit and read_record(out).get("audit") is None:
-        audited = _run_audit(out, source, progress)
-        if audited is not None:
-            api.record_measurement(out, "audit", audited)
-            report.stages["audit"] = "done"
+        say("audit")
+        api.record_measurement(out, "audit", _run_audit(out, source, progress))
+        report.stages["audit"] = "done"
+    elif audit:
+        report.stages["audit"] = "skipped (recorded)"
+    else:
+        report.stages["audit"] = "skipped (--no-audit)"
 
     if publish.repo is not None:
         update_record(out, hub={"repo": publish.repo, "tag": publish.tag or f"unswift-{inputs[:12]}"})
@@ -209,10 +212,8 @@ def _check_thresholds(evaluation: dict, *, min_top1: float | None, max_kl: float
         raise CheckFailed("not pushed: " + "; ".join(misses), details={"eval": evaluation})
 
 
-def _run_audit(out: Path, source: Checkpoint, progress: Progress):
-    """The protection audit's record entry (None while the audit stage is not available)."""
-    try:
-        from packager.audit import audit as run_audit
-    except ImportError:
-        return None
+def _run_audit(out: Path, source: Checkpoint, progress: Progress) -> dict:
+    """The protection audit's record entry: every known attack against this release."""
+    from packager.audit import audit as run_audit
+
     return run_audit(out, reference=source, progress=progress).to_json()
