@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import shutil
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -78,8 +78,8 @@ class ConvertOptions:
         if self.slowdown is not None and not (1.0 < self.slowdown <= MAX_SLOWDOWN):
             raise UsageError(f"--slowdown {self.slowdown} is outside (1, {MAX_SLOWDOWN:g}]: pass the decode "
                              "slowdown wanted, e.g. --slowdown 4")
-        if self.max_shard_bytes < 1024**2:
-            raise UsageError(f"--max-shard-size {self.max_shard_bytes} bytes is too small: use at least 1MB")
+        if self.max_shard_bytes < 1:
+            raise UsageError(f"--max-shard-size {self.max_shard_bytes} is invalid: pass a size such as 1GB")
         if self.coverage is not None and not (0.0 < self.coverage <= 1.0):
             raise UsageError(
                 f"--coverage {self.coverage} is outside (0, 1]: pass a fraction such as 0.7, or auto")
@@ -151,14 +151,18 @@ def plan_layers(checkpoint: Checkpoint, stats: Stats, options: ConvertOptions) -
 
 def layer_tensors(checkpoint: Checkpoint, plans: list[LayerPlan], masks: list[torch.Tensor],
                   options: ConvertOptions, secret: bytes, layer: int,
-                  boosts: list[torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+                  boosts: list[torch.Tensor] | None = None, *, source: SourceMLP | None = None
+                  ) -> dict[str, torch.Tensor]:
     """The release tensors of MLP unit `layer` (a layer's MLP or an expert), named as released (float64).
 
     With order allocation (`boosts`), the unit's channels form groups released one after the other:
     base-order channels, boost-order channels, then plaintext channels (docs/FORMAT.md, "groups").
+    `source` replaces the unit's tensors read from the checkpoint (e.g. a block of down rows: theta's
+    rows depend only on them, see `write_release`).
     """
     unit = mlp_units(checkpoint)[layer]
-    source, plan, scheme = source_mlp(checkpoint, unit), plans[layer], options.hardening_scheme
+    source = source if source is not None else source_mlp(checkpoint, unit)
+    plan, scheme = plans[layer], options.hardening_scheme
     if boosts is None:
         tensors = build_layer(source, plan.fit, masks[layer], scheme, layer_generator(secret, layer))
     else:
@@ -235,7 +239,6 @@ def release_spec(checkpoint: Checkpoint, stats: Stats, options: ConvertOptions, 
         "experts": adapter.runtime_spec(),
         "out_bias": has_down_bias,
         "hardening": {"enabled": options.hardening, **options.hardening_scheme.to_json(),
-                      "scale_range": [0.5, 2.0] if options.hardening_scheme.scales else None,
                       "secret_id": secret_id(secret)},
         "calibration": stats.summary(),
         "dtype": dtype_name,
@@ -296,10 +299,17 @@ class _ShardWriter:
         self.shards: list[list[str]] = []
         self.total_bytes = 0
 
-    def add(self, name: str, tensor: torch.Tensor) -> None:
-        size = tensor.numel() * tensor.element_size()
+    def reserve(self, size: int) -> None:
+        """Write the pending shard now if a tensor of `size` bytes would not fit beside it.
+
+        Called before a large tensor is built, so memory never holds a full shard and that tensor too.
+        """
         if self.pending and self.pending_bytes + size > self.limit:
             self.flush()
+
+    def add(self, name: str, tensor: torch.Tensor) -> None:
+        size = tensor.numel() * tensor.element_size()
+        self.reserve(size)
         self.pending[name] = tensor.contiguous()
         self.pending_bytes += size
         self.total_bytes += size
@@ -328,6 +338,50 @@ class _ShardWriter:
         return names
 
 
+#: Float64 working memory of one block of theta rows while a unit is transformed.
+THETA_BLOCK_BYTES = 256 * 1024**2
+
+
+def _write_unit(writer: _ShardWriter, checkpoint: Checkpoint, plans: list[LayerPlan], masks: list[torch.Tensor],
+                options: ConvertOptions, secret: bytes, index: int, boosts: list[torch.Tensor] | None,
+                dtype: torch.dtype) -> None:
+    """Transform one MLP unit and hand its tensors to the writer, with bounded working memory.
+
+    theta ([H, S(N+1) + P], the large one) is built `THETA_BLOCK_BYTES` of float64 at a time: its rows
+    depend only on the same rows of the down projection, so each block is transformed from a block of
+    down rows (and zero-width gate/up, whose in_proj rows come from the first block only), cast, and
+    copied into the release tensor. The secret draws do not depend on the rows, so the result is the
+    same as one whole-unit transform.
+    """
+    unit = mlp_units(checkpoint)[index]
+    parts = checkpoint.adapter.read_mlp(checkpoint, unit)  # source dtype; build_layer widens what it uses
+    full = SourceMLP(**parts)
+    hidden = full.down.shape[0]
+    head = max(1, min(hidden, 16))
+    first = layer_tensors(checkpoint, plans, masks, options, secret, index, boosts,
+                          source=replace(full, down=full.down[:head],
+                                         down_bias=None if full.down_bias is None else full.down_bias[:head]))
+    columns = first[unit.prefix + "theta"].shape[1]
+    size = torch.empty((), dtype=dtype).element_size()
+    writer.reserve(size * (hidden * columns + sum(t.numel() for n, t in first.items() if not n.endswith("theta"))))
+    theta = torch.empty(hidden, columns, dtype=dtype)
+    theta[:head] = first.pop(unit.prefix + "theta")
+    thin = replace(full, gate=full.gate[:, :0], up=None if full.up is None else full.up[:, :0])
+    step = max(1, THETA_BLOCK_BYTES // (8 * columns * 4))  # float64; the allocation builds ~4 copies
+    for start in range(head, hidden, step):
+        rows = slice(start, min(start + step, hidden))
+        block = layer_tensors(checkpoint, plans, masks, options, secret, index, boosts,
+                              source=replace(thin, down=full.down[rows], down_bias=None))
+        theta[rows] = block[unit.prefix + "theta"]
+        del block
+    first.pop(unit.prefix + "out_bias", None)
+    for name, tensor in first.items():
+        writer.add(name, tensor.to(dtype))
+    writer.add(unit.prefix + "theta", theta)
+    if full.down_bias is not None:
+        writer.add(unit.prefix + "out_bias", full.down_bias.double().to(dtype))
+
+
 def write_release(checkpoint: Checkpoint, out: Path, *, stats: Stats, options: ConvertOptions,
                   plans: list[LayerPlan], masks: list[torch.Tensor], secret: Secret, overwrite: bool,
                   progress: Callable[[str], None] | None = None, extra_record: dict | None = None,
@@ -350,9 +404,7 @@ def write_release(checkpoint: Checkpoint, out: Path, *, stats: Stats, options: C
                 writer.add(adapter.release_key(key), tensor)
         for index, unit in enumerate(units):
             say(f"MLP {index + 1}/{len(units)} ({unit.name}): {int(masks[index].sum())} channels expanded")
-            for name, tensor in layer_tensors(checkpoint, plans, masks, options, secret.value, index,
-                                              boosts).items():
-                writer.add(name, tensor.to(dtype))
+            _write_unit(writer, checkpoint, plans, masks, options, secret.value, index, boosts, dtype)
         shard_names = writer.finish()
         config = release_config(checkpoint, spec)
         (staging / "config.json").write_text(json.dumps(config, indent=2, sort_keys=False) + "\n")
@@ -370,6 +422,49 @@ def write_release(checkpoint: Checkpoint, out: Path, *, stats: Stats, options: C
         write_record(staging, record)
     trials = (extra_record or {}).get("coverage_trials", [])
     return ConvertResult(out, spec, release_bytes, source_bytes, trials)
+
+
+def plan(checkpoint: Checkpoint, options: ConvertOptions, *, context: int | None = None) -> dict:
+    """What converting with `options` would produce, from the checkpoint's headers alone (`--dry-run`).
+
+    Nothing is calibrated, loaded or written. Channels are assumed expanded in the same share in every
+    MLP unit (the real selection is global; for dense models of one width the sizes are the same).
+    With `--coverage auto` or `--slowdown`, the final choice is made by measurement: the figures are
+    those of the first candidate, and every candidate is listed.
+
+    Returns:
+        JSON fields: dry_run, order, coverage ('auto' when measured later), dtype, release_bytes,
+        source_bytes, memory (per dtype: weights_bytes, kv_cache_bytes, total_bytes, context),
+        predicted_decode_slowdown, context, candidates, and slowdown (with `options.slowdown`).
+    """
+    from packager.bench import DEFAULT_CONTEXT
+    from packager.sizing import ReleaseSizer, dominant_dtype, plan_json
+
+    options.validate()
+    context = context or DEFAULT_CONTEXT
+    dtype = options.dtype or dominant_dtype(ReleaseSizer(checkpoint, dtype="float32").source)
+    sizer = ReleaseSizer(checkpoint, dtype=dtype)
+    out: dict = {"dry_run": True, "source": checkpoint.name, "dtype": dtype, "fit": options.fit,
+                 "mlp_channels": sizer.channels}
+    if options.slowdown is not None:
+        from packager.autoslowdown import candidate_orders
+
+        choices = candidate_orders(sizer, options.slowdown, context=context, max_order=MAX_ORDER)
+        candidates = [plan_json(sizer, order, sizer.uniform(coverage), context=context) for order, coverage in choices]
+        out.update(candidates[0])
+        out["slowdown"] = {"requested": options.slowdown, "basis": "bytes model only; convert refines it by "
+                           "timing on the publishing machine and picks the candidate of best measured fidelity"}
+    elif options.coverage is None:
+        from packager.autocoverage import CANDIDATES
+
+        candidates = [plan_json(sizer, options.order, sizer.uniform(c), context=context) for c in CANDIDATES]
+        out.update(candidates[0])
+        out["coverage"] = "auto"
+    else:
+        candidates = [plan_json(sizer, options.order, sizer.uniform(options.coverage), context=context)]
+        out.update(candidates[0])
+    out["candidates"] = candidates
+    return out
 
 
 def _source_dtype(checkpoint: Checkpoint) -> torch.dtype:
@@ -408,6 +503,7 @@ def initial_record(checkpoint: Checkpoint, options: ConvertOptions, spec: dict, 
             sort_keys=True))},
         "size": {"release_bytes": release_bytes, "source_bytes": source_bytes},
         "coverage_trials": extra.get("coverage_trials", []),
+        "slowdown": extra.get("slowdown"),
         "eval": None,
         "bench": [],
         "audit": None,

@@ -1,4 +1,4 @@
-"""`release`: calibrate -> convert -> eval -> audit -> card -> sign -> push, resumable.
+"""`release`: calibrate -> convert -> eval -> bench -> audit -> card -> sign -> push, resumable.
 
 Every stage records what it produced in the release folder; a re-run with the same inputs skips the
 stages whose results are already there (a folder converted from the same source with the same options
@@ -67,7 +67,7 @@ def release(
     publish: PublishOptions | None = None, key: str | Path | None = None, calibration: str | Path | None = None,
     calibration_tokens: int = 16384, calibration_seed: int = 0, stats: str | Path | None = None,
     secret_file: str | Path | None = None, min_top1: float | None = None, max_kl: float | None = None,
-    overwrite: bool = False, eval_tokens: int = 8192, audit: bool = True,
+    overwrite: bool = False, eval_tokens: int = 8192, bench: bool = True, audit: bool = True,
     progress: Progress = None, show_progress: bool = False,
 ) -> ReleaseReport:
     """Take a checkpoint to a signed, pushed release (or a signed local folder with `publish.repo=None`).
@@ -127,6 +127,18 @@ def release(
     evaluation = read_record(out)["eval"]
     report.fields["eval"] = evaluation
     _check_thresholds(evaluation, min_top1=min_top1, max_kl=max_kl)
+
+    if bench and not read_record(out).get("bench"):
+        from packager.bench import bench as run_bench
+        from packager.bench import merge_entries
+
+        say("bench")
+        measured = run_bench(out, source, progress=progress)
+        api.record_measurement(out, "bench", merge_entries(read_record(out).get("bench") or [],
+                                                          measured.record_entries()))
+        report.stages["bench"] = "done"
+    else:
+        report.stages["bench"] = "skipped (recorded)" if bench else "skipped (--no-bench)"
 
     if audit and read_record(out).get("audit") is None:
         say("audit")

@@ -69,6 +69,9 @@ def test_release_pushes_one_commit_that_loads_by_tag_and_verifies(hub_double, ti
     again = _release(tiny_llama, out, hub_double, publisher_key, "v1", max_shard_bytes=150_000)
     assert again.stages["convert"].startswith("skipped") and again.stages["eval"].startswith("skipped")
     assert again.stages["sign"].startswith("skipped") and again.fields["new_commit"] is False
+    assert again.stages["bench"].startswith("skipped")
+    bench_entries = json.loads((out / "unswift.json").read_text())["bench"]
+    assert {entry["batch"] for entry in bench_entries} >= {1} and all("decode_slowdown" in e for e in bench_entries)
 
     # A second release with fewer shards leaves no stale shard in the repo.
     second = _release(tiny_llama, out, hub_double, publisher_key, "v2")
@@ -83,7 +86,7 @@ def test_threshold_miss_stops_before_pushing(hub_double, tiny_llama, tmp_path, p
         release(tiny_llama, out=tmp_path / "rel", options=ConvertOptions(order=1, coverage=1.0),
                 key=publisher_key.private_key, min_top1=None, max_kl=0.0,
                 publish=PublishOptions(repo="org/strict", endpoint=hub_double.url, no_xet=True),
-                eval_tokens=256, audit=False)
+                eval_tokens=256, bench=False, audit=False)
     assert "org/strict" not in hub_double.repos
 
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 
 import click
+from click.core import ParameterSource
 
 from packager.errors import UsageError
 
@@ -21,11 +23,47 @@ def _coverage(value: str) -> float | None:
         raise UsageError(f"--coverage '{value}' is not a number or 'auto'") from None
 
 
+#: Where the options that reach `build_convert_options` through the click context keep their values.
+_META = "unswift.convert"
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]i?b?|b)?\s*$", re.IGNORECASE)
+_UNITS = {"": 1, "b": 1, "k": 1000, "m": 1000**2, "g": 1000**3, "t": 1000**4,
+          "ki": 1024, "mi": 1024**2, "gi": 1024**3, "ti": 1024**4}
+
+
+def parse_size(value: str) -> int:
+    """Bytes from '2GB', '500MB', '1.5GiB' or a plain number of bytes."""
+    match = _SIZE.match(str(value))
+    if not match:
+        raise UsageError(f"--max-shard-size '{value}' is not a size; write e.g. 2GB, 500MB or 1GiB")
+    unit = (match.group(2) or "").lower().removesuffix("b")
+    return int(float(match.group(1)) * _UNITS[unit])
+
+
+def _remember(ctx: click.Context, param: click.Parameter, value):
+    """Keep an option's value in the context for `build_convert_options` (not passed to the command)."""
+    ctx.meta.setdefault(_META, {})[param.name] = value
+    return value
+
+
+def dry_run_requested() -> bool:
+    """Whether the running command was given --dry-run (see `convert_options`)."""
+    ctx = click.get_current_context(silent=True)
+    return bool(ctx and ctx.meta.get(_META, {}).get("dry_run"))
+
+
 def convert_options(func: Callable) -> Callable:
-    """The convert options of CONTRACT, in the order --help shows them."""
+    """The convert options of CONTRACT, in the order --help shows them.
+
+    --slowdown, --max-shard-size and --dry-run are not passed to the command function: they reach
+    `build_convert_options` (and `dry_run_requested`) through the click context.
+    """
     options = [
         click.option("--order", type=int, default=8, show_default=True,
                      help="Series order N: each expanded channel releases N+1 coefficient vectors."),
+        click.option("--slowdown", type=float, default=None, expose_value=False, callback=_remember,
+                     help="Decode slowdown wanted (batch 1), e.g. 4: order and coverage are chosen by the bytes "
+                          "model, refined by timing on this machine, best measured fidelity among the choices "
+                          "that reach it. Excludes --order and --coverage."),
         click.option("--coverage", default="auto", show_default=True,
                      help="Fraction of MLP channels expanded, or 'auto': the largest whose measured top-1 "
                           "agreement on held-out text meets --min-top1."),
@@ -55,7 +93,17 @@ def convert_options(func: Callable) -> Callable:
                      help="Release dtype. Default: the source's."),
         click.option("--license", "license_", default=None, help="SPDX licence id for the card (e.g. apache-2.0)."),
         click.option("--base-model", default=None, help="Hub id of the source model, for the card."),
+        click.option("--max-shard-size", default="2GB", show_default=True, expose_value=False, callback=_remember,
+                     help="Largest safetensors shard of the release (e.g. 1GB, 500MB): conversion holds at most "
+                          "one shard's tensors in memory."),
         click.option("--overwrite", is_flag=True, help="Replace an existing output folder."),
+        click.option("--dry-run", is_flag=True, expose_value=False, callback=_remember,
+                     help="Print the plan and write nothing: order, coverage, release size on disk, memory a "
+                          "user needs at each dtype, predicted decode slowdown. JSON fields: dry_run, order, "
+                          "coverage ('auto' when measured later), dtype, release_bytes, source_bytes, memory "
+                          "(per dtype: weights_bytes, kv_cache_bytes, total_bytes, context), "
+                          "predicted_decode_slowdown, context, candidates (the choices a measurement picks "
+                          "from), slowdown (with --slowdown)."),
     ]
     for option in reversed(options):
         func = option(func)
@@ -64,11 +112,30 @@ def convert_options(func: Callable) -> Callable:
 
 def build_convert_options(order: int, coverage: str, fit: str, min_top1: float | None, hardening: bool,
                           dtype: str | None, license_: str | None, base_model: str | None,
-                          allocation: str = "boost"):
+                          allocation: str = "boost", *, allow_dry_run: bool = False):
+    """ConvertOptions from the parsed options (plus those kept in the click context), validated.
+
+    Raises:
+        UsageError: conflicting or invalid options; --dry-run on a command that does not plan
+            (`allow_dry_run=False`).
+    """
     from packager.convert import ConvertOptions
 
+    ctx = click.get_current_context(silent=True)
+    extra = ctx.meta.get(_META, {}) if ctx is not None else {}
+    if extra.get("dry_run") and not allow_dry_run:
+        raise UsageError("--dry-run is not available for this command yet; run `unswift convert ... --dry-run` "
+                         "to see the plan")
+    slowdown = extra.get("slowdown")
+    if slowdown is not None and ctx is not None:
+        for name, flag in (("order", "--order"), ("coverage", "--coverage")):
+            if ctx.get_parameter_source(name) not in (ParameterSource.DEFAULT, None):
+                raise UsageError(f"--slowdown chooses the series order and coverage; drop {flag}")
+    kwargs = {}
+    if extra.get("max_shard_size") is not None:
+        kwargs["max_shard_bytes"] = parse_size(extra["max_shard_size"])
     options = ConvertOptions(order=order, coverage=_coverage(coverage), fit=fit, allocation=allocation,
                              min_top1=0.995 if min_top1 is None else min_top1, hardening=hardening,
-                             dtype=dtype, license=license_, base_model=base_model)
+                             dtype=dtype, license=license_, base_model=base_model, slowdown=slowdown, **kwargs)
     options.validate()
     return options

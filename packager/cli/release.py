@@ -26,14 +26,16 @@ from packager.cli.push import _exported
 @click.option("--no-xet", is_flag=True, help="Upload with Git LFS even though hf_xet is installed.")
 @click.option("--max-kl", type=float, default=None, help="Stop before pushing (exit 1) if mean KL is above this.")
 @click.option("--eval-tokens", type=int, default=8192, show_default=True)
+@click.option("--bench/--no-bench", default=True, show_default=True,
+              help="Measure the slowdown against the source on this machine.")
 @click.option("--audit/--no-audit", default=True, show_default=True, help="Run the protection audit.")
 @convert_options
 @common_options
 def release(checkpoint, repo, out, no_push, key, tag, private, gated, endpoint, revision, create_pr, no_xet,
-            max_kl, eval_tokens, audit, order, coverage, fit, allocation, min_top1, calibration, calibration_tokens,
-            calibration_seed, stats, hardening, secret_file, dtype, license_, base_model, overwrite,
+            max_kl, eval_tokens, bench, audit, order, coverage, fit, allocation, min_top1, calibration,
+            calibration_tokens, calibration_seed, stats, hardening, secret_file, dtype, license_, base_model, overwrite,
             as_json, quiet, debug):
-    """Calibrate, convert, evaluate, audit, card, sign and push, in one resumable command.
+    """Calibrate, convert, evaluate, bench, audit, card, sign and push, in one resumable command.
 
     \b
       unswift release ./ckpt --repo my-org/model --key publisher.pem --tag v1
@@ -57,7 +59,7 @@ def release(checkpoint, repo, out, no_push, key, tag, private, gated, endpoint, 
                              calibration=calibration, calibration_tokens=calibration_tokens,
                              calibration_seed=calibration_seed, stats=stats, secret_file=secret_file,
                              min_top1=min_top1, max_kl=max_kl, overwrite=overwrite, eval_tokens=eval_tokens,
-                             audit=audit, progress=report.say, show_progress=report.show_progress)
+                             bench=bench, audit=audit, progress=report.say, show_progress=report.show_progress)
         report.update(result.to_json())
         for stage, state in result.stages.items():
             report.say(f"{stage}: {state}")

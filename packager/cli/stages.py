@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from packager.cli._app import common_options, main, reporting
-from packager.cli._options import build_convert_options, convert_options
+from packager.cli._options import build_convert_options, convert_options, dry_run_requested
 
 
 @main.command()
@@ -49,14 +49,29 @@ def convert(checkpoint, out, order, coverage, fit, allocation, min_top1, calibra
     \b
       unswift convert ./ckpt --out releases/model
       unswift convert ./ckpt --out releases/paper --fit taylor --no-hardening --coverage 0.7 --order 6
+      unswift convert ./ckpt --out releases/slow --slowdown 4
+      unswift convert ./ckpt --slowdown 4 --dry-run --json   # the plan only: nothing is written
     """
     with reporting("convert", as_json=as_json, quiet=quiet, debug=debug) as report:
         from packager import api
         from packager.checkpoint import open_checkpoint
 
         options = build_convert_options(order, coverage, fit, min_top1, hardening, dtype, license_, base_model,
-                                        allocation)
+                                        allocation, allow_dry_run=True)
         source = open_checkpoint(checkpoint)
+        if dry_run_requested():
+            from packager.convert import plan
+
+            planned = plan(source, options)
+            report.update(planned)
+            memory = planned["memory"][planned["dtype"]]
+            coverage = planned["coverage"]
+            coverage_text = coverage if isinstance(coverage, str) else f"{coverage:.3f}"
+            report.say(f"plan (nothing written): order {planned['order']}, coverage {coverage_text}, release "
+                       f"{planned['release_bytes'] / 1e9:.2f} GB on disk ({planned['dtype']}), "
+                       f"{memory['total_bytes'] / 1e9:.2f} GB to run at {memory['context']} tokens, predicted "
+                       f"decode slowdown {planned['predicted_decode_slowdown']:.2f}x")
+            return
         out_dir = Path(out) if out else Path("releases") / source.name.split("/")[-1]
         result, secret = api.convert(source, out_dir, stats=stats, options=options, calibration=calibration,
                                      calibration_tokens=calibration_tokens, calibration_seed=calibration_seed,

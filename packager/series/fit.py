@@ -21,6 +21,11 @@ from packager.series.activations import Activation
 TRIM_CANDIDATES = (0.0, 1e-4, 1e-3, 1e-2)
 #: Share of the weight spread uniformly over the fitted interval, so empty stretches stay well behaved.
 UNIFORM_FLOOR = 0.01
+#: Highest Chebyshev degree actually fitted. A histogram of a few hundred bins cannot determine more
+#: (beyond ~2 sqrt(bins) the least-squares polynomial is free to oscillate between bin centres), and
+#: the smooth activations' coefficients are below float64 resolution well before it: a higher
+#: `order` (e.g. chosen by `--slowdown`) releases its higher terms with coefficient 0.
+CHEBYSHEV_FIT_LIMIT = 32
 
 
 @dataclass(frozen=True)
@@ -99,11 +104,38 @@ def fit_weighted(
     basis: str = "chebyshev", extrapolation: str = "linear",
     trims: tuple[float, ...] = TRIM_CANDIDATES, floor: float = UNIFORM_FLOOR,
 ) -> ChannelFit:
-    """Least-squares series over each channel's calibrated distribution, best interval per channel."""
+    """Least-squares series over each channel's calibrated distribution, best interval per channel.
+
+    In the Chebyshev basis the weighted normal equations are assembled from Chebyshev moments
+    (T_n T_m = (T_{n+m} + T_{|n-m|}) / 2, and a closed form for the linear continuation), so no
+    [channels, bins, N+1] least-squares problem is solved: a few array passes per order. Degrees above
+    `CHEBYSHEV_FIT_LIMIT` get coefficient 0.
+    """
+    return fit_weighted_orders(activation, histogram, (order,), basis=basis, extrapolation=extrapolation,
+                               trims=trims, floor=floor)[0]
+
+
+def fit_weighted_orders(
+    activation: Activation, histogram: Histogram, orders: tuple[int, ...], *,
+    basis: str = "chebyshev", extrapolation: str = "linear",
+    trims: tuple[float, ...] = TRIM_CANDIDATES, floor: float = UNIFORM_FLOOR,
+) -> list[ChannelFit]:
+    """`fit_weighted` at several orders at once: they share each interval candidate's Chebyshev moments.
+
+    Channels are processed in blocks of `_CHANNEL_BLOCK` so the working arrays stay in cache.
+    """
+    count = histogram.counts.shape[0]
+    if count > _CHANNEL_BLOCK:
+        blocks = [fit_weighted_orders(activation, Histogram(histogram.lo[s : s + _CHANNEL_BLOCK],
+                                                            histogram.hi[s : s + _CHANNEL_BLOCK],
+                                                            histogram.counts[s : s + _CHANNEL_BLOCK]),
+                                      orders, basis=basis, extrapolation=extrapolation, trims=trims, floor=floor)
+                  for s in range(0, count, _CHANNEL_BLOCK)]
+        return [_concat([block[k] for block in blocks]) for k in range(len(orders))]
     x = histogram.centres
     target = activation.value(x)
     density = histogram.density
-    best: ChannelFit | None = None
+    best: list[ChannelFit | None] = [None] * len(orders)
     for trim in trims:
         lo = histogram.quantile(trim) if trim > 0 else histogram.lo.double()
         hi = histogram.quantile(1.0 - trim) if trim > 0 else histogram.hi.double()
@@ -113,16 +145,97 @@ def fit_weighted(
         inside = (t.abs() <= 1.0).double()
         uniform = inside / inside.sum(-1, keepdim=True).clamp(min=1.0)
         weight = (1.0 - floor) * density + floor * uniform
-        design = bases.design(t, order, basis, extrapolation)  # [C, K, N+1]
-        root = weight.sqrt().unsqueeze(-1)
-        coefficients = torch.linalg.lstsq(design * root, (target * weight.sqrt()).unsqueeze(-1)).solution
-        coefficients = coefficients.squeeze(-1)
-        values = (design * coefficients.unsqueeze(-2)).sum(-1)
-        error = _weighted_error(values, target, density)
-        candidate = ChannelFit(centre, half_width, coefficients, error, basis, extrapolation)
-        best = candidate if best is None else _keep_better(best, candidate)
-    assert best is not None
-    return best
+        if basis == "chebyshev":
+            fitted = [min(order, CHEBYSHEV_FIT_LIMIT) for order in orders]
+            solved = _chebyshev_least_squares(t, target, weight, fitted, extrapolation)
+            solved = [(torch.nn.functional.pad(c, (0, order - fit_order)), v)
+                      for (c, v), order, fit_order in zip(solved, orders, fitted, strict=True)]
+        else:
+            solved = []
+            for order in orders:
+                design = bases.design(t, order, basis, extrapolation)  # [C, K, N+1]
+                root = weight.sqrt().unsqueeze(-1)
+                solution = torch.linalg.lstsq(design * root, (target * weight.sqrt()).unsqueeze(-1)).solution
+                solved.append((solution.squeeze(-1), (design @ solution).squeeze(-1)))
+        for k, (coefficients, values) in enumerate(solved):
+            error = _weighted_error(values, target, density)
+            candidate = ChannelFit(centre, half_width, coefficients, error, basis, extrapolation)
+            best[k] = candidate if best[k] is None else _keep_better(best[k], candidate)
+    return best  # type: ignore[return-value]
+
+
+#: Channels fitted together (arrays of about 1 MB per pass: they stay in cache).
+_CHANNEL_BLOCK = 256
+
+
+def _concat(fits: list[ChannelFit]) -> ChannelFit:
+    first = fits[0]
+    return ChannelFit(*(torch.cat([getattr(f, name) for f in fits]) for name in
+                        ("centre", "half_width", "coefficients", "error")), first.basis, first.extrapolation)
+
+
+def _chebyshev_least_squares(t: torch.Tensor, target: torch.Tensor, weight: torch.Tensor, orders: list[int],
+                             extrapolation: str) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """argmin_c sum_k w_k (sum_n c_n B_n(t_k) - y_k)^2 per channel and order, B = Chebyshev (+ linear tail).
+
+    t, target, weight: [C, K]. Returns, per order N, the coefficients [C, N+1] and the fitted values at
+    t [C, K]. T_0..T_2N are evaluated once by the recurrence (for the largest N); each Gram matrix
+    comes from their weighted sums (moments). Solved by Cholesky with a tiny relative ridge; channels
+    whose Gram matrix is still not positive definite use `lstsq` on the explicit design.
+    """
+    largest = max(orders)
+    linear = extrapolation == "linear"
+    s = t.clamp(-1.0, 1.0) if linear else t  # T_n T_m = (T_{n+m} + T_{|n-m|}) / 2 holds for every real t
+    w_in = torch.where(t.abs() <= 1.0, weight, 0.0) if linear else weight
+    powers = t.new_empty(t.shape[0], 2 * largest + 1, t.shape[1])  # T_j(s), j = 0..2N
+    powers[:, 0] = 1.0
+    if largest > 0:
+        powers[:, 1] = s
+    twice = 2.0 * s
+    for j in range(2, 2 * largest + 1):
+        torch.mul(twice, powers[:, j - 1], out=powers[:, j])
+        powers[:, j] -= powers[:, j - 2]
+    sums = torch.bmm(powers, torch.stack([w_in, w_in * target], dim=-1))  # [C, 2N+1, 2]
+    excess = (t.abs() - 1.0).clamp(min=0.0)
+    sides = []
+    if linear:  # beyond ±1: B_n(t) = sign_n (1 + e n^2), e = |t| - 1, sign_n = 1 above, (-1)^n below
+        for side in (t > 1.0, t < -1.0):
+            w_side = torch.where(side, weight, 0.0)
+            wy_side = w_side * target
+            sides.append(((w_side.sum(-1), (w_side * excess).sum(-1), (w_side * excess * excess).sum(-1)),
+                          (wy_side.sum(-1), (wy_side * excess).sum(-1))))
+    results = []
+    for order in orders:
+        size = order + 1
+        moments, rhs = sums[:, : 2 * order + 1, 0], sums[:, :size, 1]
+        n = torch.arange(size, device=t.device)
+        gram = 0.5 * (moments[:, n[:, None] + n[None, :]] + moments[:, (n[:, None] - n[None, :]).abs()])
+        square = (n * n).to(t.dtype)
+        parity = 1.0 - 2.0 * (n % 2).to(t.dtype)
+        if linear:
+            pair_sum, pair_product = square[:, None] + square[None, :], square[:, None] * square[None, :]
+            for ((p0, p1, p2), (q0, q1)), sign in zip(sides, (torch.ones_like(parity), parity), strict=True):
+                block = p0[:, None, None] + p1[:, None, None] * pair_sum + p2[:, None, None] * pair_product
+                gram = gram + block * (sign[:, None] * sign[None, :])
+                rhs = rhs + (q0[:, None] + q1[:, None] * square) * sign
+        scale = gram.diagonal(dim1=-2, dim2=-1).mean(-1).clamp(min=1e-300)
+        gram = gram + (1e-13 * scale)[:, None, None] * torch.eye(size, dtype=t.dtype, device=t.device)
+        factor, info = torch.linalg.cholesky_ex(gram)
+        coefficients = torch.cholesky_solve(rhs.unsqueeze(-1), factor).squeeze(-1)
+        failed = (info != 0) | ~torch.isfinite(coefficients).all(-1)
+        if bool(failed.any()):
+            design = bases.design(t[failed], order, "chebyshev", extrapolation)
+            root = weight[failed].sqrt()
+            solved = torch.linalg.lstsq(design * root.unsqueeze(-1), (target[failed] * root).unsqueeze(-1))
+            coefficients[failed] = solved.solution.squeeze(-1)
+        values = torch.bmm(coefficients.unsqueeze(1), powers[:, :size]).squeeze(1)
+        if linear:  # plus the tangent beyond ±1: T_n'(1) = n^2, T_n'(-1) = (-1)^(n+1) n^2
+            above = (coefficients * square).sum(-1, keepdim=True)
+            below = -(coefficients * square * parity).sum(-1, keepdim=True)
+            beyond = t - s
+            values = values + torch.where(beyond > 0, above, below) * beyond
+        results.append((coefficients, values))
+    return results
 
 
 def _keep_better(a: ChannelFit, b: ChannelFit) -> ChannelFit:

@@ -1,0 +1,60 @@
+"""`bench`: measured slowdown of a release against its source, beside the bytes model's prediction."""
+
+from __future__ import annotations
+
+import click
+
+from packager.cli._app import common_options, main, reporting
+
+
+@main.command()
+@click.argument("release", type=click.Path())
+@click.option("--reference", required=True, help="The source checkpoint (folder or Hub id).")
+@click.option("--device", default=None, help="cpu or cuda. Default: cuda if present, else cpu.")
+@click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]), default=None,
+              help="Run both models in this dtype. Default: the release's.")
+@click.option("--batch", "batches", type=int, multiple=True,
+              help="Batch size; repeat for several. Default: 1 and 8 (batch 1 gives the top-level fields).")
+@click.option("--context", type=int, default=512, show_default=True,
+              help="Tokens in the KV cache while decode steps are timed (the bytes model uses the same).")
+@click.option("--steps", type=int, default=20, show_default=True,
+              help="Timed decode steps per model and batch, interleaved, after 3 warm-up steps.")
+@click.option("--prefill-tokens", type=int, default=128, show_default=True,
+              help="Tokens of each prefill measurement, all sequences of the batch together.")
+@click.option("--record", is_flag=True, help="Store the entries in the release's unswift.json, replacing those of "
+              "the same (device, dtype, batch); removes model.sig: re-sign afterwards.")
+@common_options
+def bench(release, reference, device, dtype, batches, context, steps, prefill_tokens, record, as_json, quiet, debug):
+    """Measure a release's decode and prefill slowdown against its source.
+
+    Both models run interleaved in one process on the same prompt, after warm-up, with the device
+    synchronised around every step; the KV cache holds --context tokens throughout. JSON fields:
+    decode_slowdown, prefill_slowdown (median per-token time, release / reference),
+    predicted_decode_slowdown (bytes read per decoded token, release / reference), loader_overhead
+    (measured / predicted), device, dtype, batch, context, decode_ms, prefill_ms_per_token,
+    bytes_per_step, threads, hardware; `entries` holds one such object per batch size.
+
+    \b
+      unswift bench releases/model --reference ./ckpt
+      unswift bench releases/model --reference ./ckpt --device cuda --dtype bfloat16 --batch 1 --batch 16 --json
+      OMP_NUM_THREADS=1 unswift bench releases/model --reference ./ckpt --record
+    """
+    with reporting("bench", as_json=as_json, quiet=quiet, debug=debug) as report:
+        from packager.bench import DEFAULT_BATCHES, merge_entries
+        from packager.bench import bench as run_bench
+
+        result = run_bench(release, reference, device=device, dtype=dtype, batches=batches or DEFAULT_BATCHES,
+                           context=context, steps=steps, prefill_tokens=prefill_tokens, progress=report.say)
+        report.update(result.to_json())
+        if record:
+            from packager import api
+            from packager.record import read_record
+
+            existing = read_record(release).get("bench") or []
+            removed = api.record_measurement(release, "bench", merge_entries(existing, result.record_entries()))
+            if removed:
+                report.say("model.sig removed: the record changed; re-sign with `unswift sign`")
+        head = result.headline()
+        report.say(f"decode {head.decode_slowdown:.2f}x slower (bytes model {head.predicted_decode_slowdown:.2f}x, "
+                   f"loader overhead {head.loader_overhead:.3f}), prefill {head.prefill_slowdown:.2f}x "
+                   f"[{head.device} {head.dtype} batch {head.batch}, {head.hardware}]")

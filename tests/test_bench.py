@@ -1,0 +1,165 @@
+"""`unswift bench`, the bytes model, `--dry-run` and `--slowdown` on tiny checkpoints (timings never asserted)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from packager import sizing
+from packager.checkpoint import open_checkpoint
+from packager.cli import cli
+
+
+def _json(result) -> dict:
+    lines = [line for line in result.stdout.splitlines() if line.strip()]
+    assert len(lines) == 1, (result.stdout, result.stderr)  # --json: exactly one line on stdout
+    return json.loads(lines[0])
+
+
+@pytest.fixture(scope="module")
+def uniform_release(tiny_llama, tiny_llama_stats, tmp_path_factory):
+    """An order-6 release at coverage 0.75 with one order for every channel (exact shapes)."""
+    from packager import api
+    from packager.convert import ConvertOptions
+
+    out = tmp_path_factory.mktemp("bench") / "uniform"
+    api.convert(tiny_llama, out, stats=tiny_llama_stats,
+                options=ConvertOptions(order=6, coverage=0.75, allocation="uniform"))
+    return out
+
+
+def test_bytes_model_arithmetic_on_a_tiny_release(tiny_llama, uniform_release):
+    source = open_checkpoint(tiny_llama)
+    config = source.config
+    src, rel = sizing.folder_tensors(tiny_llama), sizing.folder_tensors(uniform_release)
+    layers, hidden, vocab = config.num_hidden_layers, config.hidden_size, config.vocab_size
+    intermediate, kv = config.intermediate_size, config.num_key_value_heads
+    head_dim = hidden // config.num_attention_heads
+    context, batch = 16, 2
+    kv_bytes = layers * 2 * kv * head_dim * context * batch * 4
+    assert sizing.kv_cache_bytes(config, dtype="float32", context=context, batch=batch) == kv_bytes
+    # Every tensor at 4 bytes, except the input embedding: one row per sequence (the head is untied here).
+    assert not config.tie_word_embeddings
+    everything = sum(spec.numel for spec in src.values()) * 4
+    expected = everything - vocab * hidden * 4 + batch * hidden * 4 + kv_bytes
+    assert sizing.step_bytes(src, config, dtype="float32", context=context, batch=batch).total == expected
+    # In bfloat16 the same arithmetic at 2 bytes.
+    assert sizing.step_bytes(src, config, dtype="bfloat16", context=context, batch=batch).total == expected // 2
+    # The release replaces gate + up + down (3 I H) by in_proj (2 I H + 2 I) and theta (H (S (N+1) + I - S)).
+    expanded = json.loads((uniform_release / "config.json").read_text())["unswift"]["layers"]
+    extra = sum(4 * (2 * intermediate + hidden * layer["expanded"] * 6) for layer in expanded)
+    ours = sizing.step_bytes(rel, config, dtype="float32", context=context, batch=batch).total
+    assert ours == expected + extra
+    predicted = sizing.predicted_decode_slowdown(rel, src, config, dtype="float32", context=context, batch=batch)
+    assert predicted == pytest.approx(ours / expected)
+
+
+def test_sizer_predicts_the_release_it_will_write(tiny_llama, uniform_release, tiny_release):
+    source = open_checkpoint(tiny_llama)
+    sizer = sizing.ReleaseSizer(source, dtype="float32")
+    layers = json.loads((uniform_release / "config.json").read_text())["unswift"]["layers"]
+    planned = sizer.tensors(6, [layer["expanded"] for layer in layers])
+    written = sizing.folder_tensors(uniform_release)
+    assert {name: spec.shape for name, spec in planned.items()} == {name: spec.shape for name, spec in written.items()}
+    # Order allocation (order 8, boost) keeps the bytes of a uniform order 8 up to rounding.
+    boosted = sizing.folder_tensors(tiny_release)
+    uniform8 = sizer.tensors(8, [layer["expanded"] for layer in
+                                 json.loads((tiny_release / "config.json").read_text())["unswift"]["layers"]])
+    assert sizing.weight_bytes(boosted) == pytest.approx(sizing.weight_bytes(uniform8), rel=0.01)
+
+
+def test_memory_needed_has_every_dtype(tiny_llama):
+    source = open_checkpoint(tiny_llama)
+    tensors = sizing.folder_tensors(tiny_llama)
+    memory = sizing.memory_needed(tensors, source.config, context=64)
+    assert set(memory) == {"float32", "bfloat16", "float16"}
+    assert memory["float32"]["weights_bytes"] == 2 * memory["bfloat16"]["weights_bytes"]
+
+
+def test_bench_json_fields_and_record(tiny_llama, uniform_release, tmp_path):
+    import shutil
+
+    release = tmp_path / "release"
+    shutil.copytree(uniform_release, release)
+    args = ["bench", str(release), "--reference", str(tiny_llama), "--device", "cpu", "--batch", "1", "--batch", "2",
+            "--context", "16", "--steps", "2", "--prefill-tokens", "8", "--json", "--quiet"]
+    result = CliRunner().invoke(cli, [*args, "--record"])
+    assert result.exit_code == 0, result.output
+    report = _json(result)
+    for name in ("decode_slowdown", "prefill_slowdown", "predicted_decode_slowdown", "device", "dtype", "batch",
+                 "context", "loader_overhead", "hardware", "threads", "entries"):
+        assert name in report, name
+    assert report["batch"] == 1 and report["device"] == "cpu" and report["dtype"] == "float32"
+    assert [entry["batch"] for entry in report["entries"]] == [1, 2]
+    assert report["predicted_decode_slowdown"] > 1.0
+    # A second --record replaces the entries of the same (device, dtype, batch) and keeps the others.
+    again = CliRunner().invoke(cli, [*args[:6], "--batch", "2", *args[10:], "--record"])
+    assert again.exit_code == 0, again.output
+    entries = json.loads((release / "unswift.json").read_text())["bench"]
+    assert sorted((e["device"], e["dtype"], e["batch"]) for e in entries) == [("cpu", "float32", 1),
+                                                                                ("cpu", "float32", 2)]
+
+
+def test_merge_entries_keeps_one_per_device_dtype_batch():
+    from packager.bench import merge_entries
+
+    old = [{"device": "cpu", "dtype": "float32", "batch": 1, "v": 1}, {"device": "cuda", "dtype": "bfloat16",
+                                                                        "batch": 1, "v": 2}]
+    new = [{"device": "cpu", "dtype": "float32", "batch": 1, "v": 3}]
+    merged = merge_entries(old, new)
+    assert len(merged) == 2 and {e["v"] for e in merged} == {2, 3}
+
+
+def test_bench_refuses_a_missing_device_and_a_non_release(tiny_llama, tmp_path):
+    result = CliRunner().invoke(cli, ["bench", str(tmp_path), "--reference", str(tiny_llama), "--json"])
+    assert result.exit_code == 2 and "unswift.json" in _json(result)["error"]
+
+
+def test_dry_run_writes_nothing(tiny_llama, tmp_path):
+    out = tmp_path / "release"
+    result = CliRunner().invoke(cli, ["convert", str(tiny_llama), "--out", str(out), "--coverage", "0.5",
+                                      "--order", "6", "--dry-run", "--json"])
+    assert result.exit_code == 0, result.output
+    plan = _json(result)
+    assert plan["dry_run"] is True and plan["order"] == 6 and plan["coverage"] == pytest.approx(0.5)
+    assert set(plan["memory"]) == {"float32", "bfloat16", "float16"}
+    assert plan["release_bytes"] > plan["source_bytes"] and plan["predicted_decode_slowdown"] > 1
+    assert list(tmp_path.iterdir()) == []  # no folder, no secret file, no staging leftovers
+    auto = _json(CliRunner().invoke(cli, ["convert", str(tiny_llama), "--out", str(out), "--dry-run", "--json"]))
+    assert auto["coverage"] == "auto" and len(auto["candidates"]) > 1
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("slowdown", [2.0, 4.0, 8.0])
+def test_slowdown_picks_order_and_coverage_the_bytes_model_puts_within_10_percent(tiny_llama, tiny_llama_stats,
+                                                                                  slowdown):
+    from packager.autoslowdown import choose_slowdown
+    from packager.calibrate import Stats
+    from packager.convert import ConvertOptions
+
+    source = open_checkpoint(tiny_llama)
+    options = ConvertOptions(slowdown=slowdown, order=8)
+    choice = choose_slowdown(source, None, Stats.load(tiny_llama_stats), options)  # no model: bytes model only
+    assert choice.predicted == pytest.approx(slowdown, rel=0.10)
+    assert 0.0 < choice.coverage <= 1.0 and choice.order >= 1
+    for candidate in choice.candidates:
+        assert candidate["predicted"] == pytest.approx(slowdown, rel=0.10)
+    sizer = sizing.ReleaseSizer(source, dtype="float32")
+    assert sizer.predicted(choice.order, sizer.uniform(choice.coverage), context=choice.context) == pytest.approx(
+        slowdown, rel=0.10)
+
+
+def test_slowdown_dry_run_and_conflicts(tiny_llama, tmp_path):
+    plan = _json(CliRunner().invoke(cli, ["convert", str(tiny_llama), "--out", str(tmp_path / "r"), "--slowdown",
+                                          "4", "--dry-run", "--json"]))
+    assert plan["slowdown"]["requested"] == 4.0
+    assert all(c["predicted_decode_slowdown"] == pytest.approx(4.0, rel=0.10) for c in plan["candidates"])
+    for extra in (["--order", "6"], ["--coverage", "0.5"]):
+        result = CliRunner().invoke(cli, ["convert", str(tiny_llama), "--slowdown", "4", *extra, "--dry-run",
+                                          "--json"])
+        assert result.exit_code == 2 and "--slowdown chooses" in _json(result)["error"]
+    beyond = CliRunner().invoke(cli, ["convert", str(tiny_llama), "--slowdown", "60", "--dry-run", "--json"])
+    assert beyond.exit_code == 2 and "beyond this model" in _json(beyond)["error"]
+    assert list(tmp_path.iterdir()) == []
