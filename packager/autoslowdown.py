@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from packager.bench import DEFAULT_CONTEXT, Contender, hardware_name, measure_decode
+from packager.bench import DEFAULT_CONTEXT, Contender, clock_for, hardware_name, measure_decode
 from packager.calibrate import Stats
 from packager.checkpoint import Checkpoint
 from packager.errors import UsageError
@@ -71,6 +71,7 @@ class SlowdownChoice:
     context: int
     hardware: str
     threads: int
+    clock: str = "wall"
     candidates: list[dict] = field(default_factory=list)
     timings: list[dict] = field(default_factory=list)
     plans: list[LayerPlan] = field(default_factory=list, repr=False)
@@ -297,10 +298,12 @@ def measure_fidelity(model, checkpoint: Checkpoint, plans: list[LayerPlan], mask
 
 
 def _secant(points: list[tuple[float, float]], goal: float, ceiling: float) -> float:
-    """Next bytes target from (predicted, measured) points: the secant through the last two."""
-    (p0, m0), (p1, m1) = points[-2], points[-1]
+    """Next bytes target from (predicted, measured) points: the secant through the last point and the
+    latest one at least 5 % of bytes away from it (else the line through (1, 1))."""
+    p1, m1 = points[-1]
+    p0, m0 = next(((p, m) for p, m in reversed(points[:-1]) if abs(p - p1) >= 0.05 * p1), (1.0, 1.0))
     slope = (m1 - m0) / (p1 - p0) if p1 != p0 else 0.0
-    if slope <= 1e-6:  # noise made the last two disagree: use the line through (1, 1) instead
+    if slope <= 1e-3:  # noise made the two disagree: use the line through (1, 1) instead
         slope = max((m1 - 1.0) / max(p1 - 1.0, 1e-6), 1e-3)
     return min(max(p1 + (goal - m1) / slope, 1.0 + 1e-3), ceiling)
 
@@ -416,7 +419,8 @@ def choose_slowdown(
         predicted=sizer.predicted(order, counts, context=context), measured=measured,
         fidelity=best["fidelity"], device=device.split(":")[0],
         dtype=str(next(model.parameters()).dtype).removeprefix("torch.") if model is not None else dtype,
-        context=context, hardware=hardware_name(device), threads=threads, candidates=rows, timings=timings,
+        context=context, hardware=hardware_name(device), threads=threads, clock=clock_for(device)[0],
+        candidates=rows, timings=timings,
         plans=plans,
     )
 

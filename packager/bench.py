@@ -6,7 +6,8 @@ step decodes one token into the next slot and the cache is cropped back afterwar
 The two models run interleaved in one process (reference, release, release, reference, ...) on the
 same prompt, so a busy machine slows both alike, and the medians are compared. Decode timing needs
 only the cache's contents to have the right shape, so the release decodes from a copy of the
-reference's prefilled cache instead of paying a long prefill of its own.
+reference's prefilled cache instead of paying a long prefill of its own. On a single CPU thread steps
+are timed with the process's CPU time (`clock_for`): time-slicing by other processes does not count.
 
     report = bench("releases/model", "./ckpt", batches=(1, 8))
     report.to_json()["decode_slowdown"]
@@ -58,6 +59,7 @@ class BenchEntry:
     prefill_tokens: int
     threads: int
     hardware: str
+    clock: str = "wall"  # "process_cpu" on a single CPU thread (see `clock_for`)
 
     @property
     def loader_overhead(self) -> float:
@@ -117,6 +119,18 @@ def synchronizer(device: str) -> Callable[[], None]:
     return lambda: None
 
 
+def clock_for(device: str) -> tuple[str, Callable[[], float]]:
+    """The clock steps are timed with: ("process_cpu", time.process_time) on a single-threaded CPU, else wall.
+
+    On one CPU thread a step's process CPU time is its wall time on an idle machine, and it does not
+    count the time other processes hold the core, so ratios measured on a shared machine hold still.
+    With several threads (spinning workers would be counted) and on GPUs the wall clock is used.
+    """
+    if device == "cpu" and torch.get_num_threads() == 1:
+        return "process_cpu", time.process_time
+    return "wall", time.perf_counter
+
+
 def _accepts(model, name: str) -> bool:
     return name in inspect.signature(model.forward).parameters
 
@@ -153,7 +167,8 @@ def prefill_cache(contender: Contender, prompt: torch.Tensor):
 
 
 @torch.no_grad()
-def decode_step(contender: Contender, token: torch.Tensor, sync: Callable[[], None]) -> float:
+def decode_step(contender: Contender, token: torch.Tensor, sync: Callable[[], None],
+                clock: Callable[[], float] = time.perf_counter) -> float:
     """Seconds of one decode step at a fixed context: the cache is cropped back afterwards."""
     contender.enter()
     model = contender.model
@@ -162,26 +177,27 @@ def decode_step(contender: Contender, token: torch.Tensor, sync: Callable[[], No
     cache = contender.cache if croppable else copy.deepcopy(contender.cache)
     kwargs = _cache_kwargs(model, cache)
     sync()
-    start = time.perf_counter()
+    start = clock()
     model(input_ids=token, **kwargs)
     sync()
-    elapsed = time.perf_counter() - start
+    elapsed = clock() - start
     if croppable:
         cache.crop(-1)
     return elapsed
 
 
 @torch.no_grad()
-def prefill_step(contender: Contender, prompt: torch.Tensor, sync: Callable[[], None]) -> float:
+def prefill_step(contender: Contender, prompt: torch.Tensor, sync: Callable[[], None],
+                 clock: Callable[[], float] = time.perf_counter) -> float:
     """Seconds of one prefill of `prompt` [B, P] from an empty cache."""
     contender.enter()
     model = contender.model
     extra = {"logits_to_keep": 1} if _accepts(model, "logits_to_keep") else {}
     sync()
-    start = time.perf_counter()
+    start = clock()
     model(input_ids=prompt, use_cache=False, **extra)
     sync()
-    return time.perf_counter() - start
+    return clock() - start
 
 
 def interleaved(contenders: Sequence[Contender], run: Callable[[Contender], float], rounds: int,
@@ -211,8 +227,8 @@ def measure_decode(contenders: Sequence[Contender], *, vocab: int, device: str, 
     token = token.to(device)
     for i, contender in enumerate(contenders):
         contender.cache = cache if i == 0 else copy.deepcopy(cache)
-    sync = synchronizer(device)
-    times = interleaved(contenders, lambda c: decode_step(c, token, sync), steps, warmup)
+    sync, (_, clock) = synchronizer(device), clock_for(device)
+    times = interleaved(contenders, lambda c: decode_step(c, token, sync, clock), steps, warmup)
     for contender in contenders:
         contender.cache = None
     return [statistics.median(t) for t in times]
@@ -225,8 +241,8 @@ def measure_prefill(contenders: Sequence[Contender], *, vocab: int, device: str,
     generator = torch.Generator().manual_seed(seed)
     prompt = torch.randint(3, vocab, (1, length), generator=generator).expand(batch, length).contiguous()
     prompt = prompt.to(device)
-    sync = synchronizer(device)
-    times = interleaved(contenders, lambda c: prefill_step(c, prompt, sync), repeats, 1)
+    sync, (_, clock) = synchronizer(device), clock_for(device)
+    times = interleaved(contenders, lambda c: prefill_step(c, prompt, sync, clock), repeats, 1)
     return [statistics.median(t) / (batch * length) for t in times], length
 
 
@@ -310,6 +326,7 @@ def bench(
             bytes_per_step={"reference": theirs.total, "release": ours.total},
             steps=steps, prefill_tokens=length * batch,
             threads=torch.get_num_threads() if device == "cpu" else 0, hardware=hardware,
+            clock=clock_for(device)[0],
         )
         say(f"batch {batch}: decode {entry.decode_ms['reference']:.2f} -> {entry.decode_ms['release']:.2f} ms "
             f"({entry.decode_slowdown:.2f}x, bytes model {entry.predicted_decode_slowdown:.2f}x), prefill "

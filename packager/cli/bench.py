@@ -28,11 +28,13 @@ def bench(release, reference, device, dtype, batches, context, steps, prefill_to
     """Measure a release's decode and prefill slowdown against its source.
 
     Both models run interleaved in one process on the same prompt, after warm-up, with the device
-    synchronised around every step; the KV cache holds --context tokens throughout. JSON fields:
-    decode_slowdown, prefill_slowdown (median per-token time, release / reference),
-    predicted_decode_slowdown (bytes read per decoded token, release / reference), loader_overhead
-    (measured / predicted), device, dtype, batch, context, decode_ms, prefill_ms_per_token,
-    bytes_per_step, threads, hardware; `entries` holds one such object per batch size.
+    synchronised around every step; the KV cache holds --context tokens throughout. On a single CPU
+    thread (OMP_NUM_THREADS=1) steps are timed with the process's CPU time, so other processes sharing
+    the machine do not count; otherwise with the wall clock. JSON fields: decode_slowdown,
+    prefill_slowdown (median per-token time, release / reference), predicted_decode_slowdown (bytes read
+    per decoded token, release / reference), loader_overhead (measured / predicted), device, dtype,
+    batch, context, decode_ms, prefill_ms_per_token, bytes_per_step, threads, hardware, clock
+    ("process_cpu" or "wall"); `entries` holds one such object per batch size.
 
     \b
       unswift bench releases/model --reference ./ckpt
