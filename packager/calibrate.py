@@ -198,9 +198,12 @@ def calibrate(
 
 def gather(checkpoint: Checkpoint, token_text: TokenText, *, model=None, device: str = "cpu", seed: int = 0,
            bins: int = DEFAULT_BINS, batch_size: int = 8, progress: Callable[[str], None] | None = None) -> Stats:
-    """The statistics of `token_text`: through `model` with hooks, or, with `model=None`, layer by layer."""
+    """The statistics of `token_text`: through `model` with hooks, or, with `model=None`, layer by layer
+    (whole model with hooks for the families `_layerwise_supported` refuses, and for `device="auto"`)."""
     say = progress or (lambda _msg: None)
-    layerwise = model is None
+    layerwise = model is None and device != "auto" and _layerwise_supported(checkpoint)
+    if model is None and not layerwise:
+        model = _load_model(checkpoint, device)
     ids = token_text.ids
     heldout = max(1, ids.shape[0] // 10) if ids.shape[0] > 1 else 0
     fit_ids, held_ids = ids[: ids.shape[0] - heldout], ids[ids.shape[0] - heldout :]

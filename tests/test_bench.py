@@ -163,3 +163,69 @@ def test_slowdown_dry_run_and_conflicts(tiny_llama, tmp_path):
     beyond = CliRunner().invoke(cli, ["convert", str(tiny_llama), "--slowdown", "60", "--dry-run", "--json"])
     assert beyond.exit_code == 2 and "beyond this model" in _json(beyond)["error"]
     assert list(tmp_path.iterdir()) == []
+
+
+# -- conversion at scale --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma3", "gpt_neox"])
+def test_layer_by_layer_calibration_equals_the_whole_model_with_hooks(family, tmp_path):
+    import torch
+    from tiny import build_tiny
+
+    from packager import calibrate
+    from packager.text import TokenText
+
+    source = open_checkpoint(build_tiny(family, tmp_path / family))
+    assert calibrate._layerwise_supported(source)
+    ids = torch.randint(3, source.config.vocab_size, (10, 48), generator=torch.Generator().manual_seed(0))
+    text = TokenText(ids, "random", "digest")
+    layerwise = calibrate.gather(source, text)  # reads one decoder layer at a time
+    hooked = calibrate.gather(source, text, model=source.load_model(torch.float32))
+    for a, b in zip(layerwise.layers, hooked.layers, strict=True):
+        for name in ("min", "max", "mean", "std", "up_rms", "counts"):
+            assert torch.allclose(getattr(a, name), getattr(b, name), rtol=1e-5, atol=1e-6), name
+    assert layerwise.heldout_outside_fraction == pytest.approx(hooked.heldout_outside_fraction)
+
+
+def test_mixture_of_experts_files_are_calibrated_through_the_whole_model(tmp_path):
+    from tiny import build_tiny
+
+    from packager import calibrate
+
+    assert not calibrate._layerwise_supported(open_checkpoint(build_tiny("mixtral", tmp_path / "mixtral")))
+
+
+@pytest.mark.parametrize("boosted", [False, True])
+def test_theta_built_in_row_blocks_equals_the_whole_unit(tiny_llama, tiny_llama_stats, monkeypatch, boosted):
+    import torch
+
+    from packager import convert
+    from packager.calibrate import Stats
+    from packager.transform import select_channels
+
+    source = open_checkpoint(tiny_llama)
+    options = convert.ConvertOptions(order=6, coverage=0.8, allocation="boost" if boosted else "uniform")
+    plans = convert.plan_layers(source, Stats.load(tiny_llama_stats), options)
+    masks = select_channels(plans, 0.8, options.fit)
+    generator = torch.Generator().manual_seed(0)
+    boosts = [m & (torch.rand(m.shape, generator=generator) < 0.2) for m in masks] if boosted else None
+    monkeypatch.setattr(convert, "THETA_BLOCK_BYTES", 4096)  # many blocks of a few rows
+
+    class Collect:
+        def __init__(self):
+            self.tensors = {}
+
+        def reserve(self, size):
+            pass
+
+        def add(self, name, tensor):
+            self.tensors[name] = tensor
+
+    for index in range(len(plans)):
+        whole = convert.layer_tensors(source, plans, masks, options, b"k" * 32, index, boosts)
+        blocks = Collect()
+        convert._write_unit(blocks, source, plans, masks, options, b"k" * 32, index, boosts, torch.float32)
+        assert set(blocks.tensors) == set(whole)
+        for name, tensor in whole.items():
+            assert torch.equal(blocks.tensors[name], tensor.float()), name
