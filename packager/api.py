@@ -4,6 +4,8 @@
     stats = api.calibrate("./ckpt")
     result = api.convert("./ckpt", "releases/model", stats=stats)
     report = api.evaluate("releases/model", "./ckpt")
+    timing = api.bench("releases/model", "./ckpt", batches=(1, 8))
+    print(api.plan("./ckpt", ConvertOptions(slowdown=4)))   # what convert would write, nothing written
 """
 
 from __future__ import annotations
@@ -82,14 +84,21 @@ def convert(
     model = None
     if isinstance(stats, (str, Path)):
         stats = Stats.load(Path(stats))
-    if stats is None or options.coverage is None:
+    measuring = options.coverage is None or options.slowdown is not None
+    if measuring or (stats is None and calibration is None):
+        # Measured choices need the model in memory; so does text sampled from it. Calibration from a
+        # text file alone reads the checkpoint one decoder layer at a time (`calibrate.gather`).
         model = source.load_model(torch.float32)
     if stats is None:
         stats = _calibrate(source, text=calibration, tokens=calibration_tokens, seed=calibration_seed,
                            progress=progress, model=model)
     say = progress or (lambda _msg: None)
-    say(f"fitting order-{options.order} {options.fit} series for {source.num_layers} layers")
-    plans = plan_layers(source, stats, options)
+    from packager.autoslowdown import resolve_slowdown
+
+    options, plans, slowdown = resolve_slowdown(source, model, stats, options, progress=progress)
+    if plans is None:
+        say(f"fitting order-{options.order} {options.fit} series for {source.num_layers} layers")
+        plans = plan_layers(source, stats, options)
     trials: list[dict] = []
     coverage = options.coverage
     if coverage is None:
@@ -105,7 +114,8 @@ def convert(
         )
     masks = select_channels(plans, coverage, options.fit)
     result = write_release(source, out, stats=stats, options=options, plans=plans, masks=masks, secret=secret,
-                           overwrite=overwrite, progress=progress, extra_record={"coverage_trials": trials})
+                           overwrite=overwrite, progress=progress,
+                           extra_record={"coverage_trials": trials, "slowdown": slowdown})
     return result, secret
 
 
@@ -119,6 +129,21 @@ def evaluate(
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     return _evaluate(Path(release_dir), _checkpoint(reference), text=text, prompts=prompts, tokens=tokens,
                      seed=seed, dtype=dtype, device=device, min_top1=min_top1, max_kl=max_kl, progress=progress)
+
+
+def bench(release_dir: str | Path, reference: str | Path | Checkpoint, **kwargs):
+    """Decode and prefill slowdown of a release against its source (see `packager.bench.bench`)."""
+    from packager.bench import bench as _bench
+
+    return _bench(release_dir, _checkpoint(reference), **kwargs)
+
+
+def plan(checkpoint: str | Path | Checkpoint, options: ConvertOptions | None = None, *,
+         context: int | None = None) -> dict:
+    """What `convert` would write, from the checkpoint's headers alone (see `packager.convert.plan`)."""
+    from packager.convert import plan as _plan
+
+    return _plan(_checkpoint(checkpoint), options or ConvertOptions(), context=context)
 
 
 def record_measurement(release_dir: str | Path, field: str, value) -> bool:

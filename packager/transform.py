@@ -19,7 +19,7 @@ import torch
 
 from packager.calibrate import LayerStats
 from packager.series.activations import Activation
-from packager.series.fit import ChannelFit, fit_taylor, fit_weighted
+from packager.series.fit import ChannelFit, fit_taylor, fit_weighted, fit_weighted_orders
 
 FITS = ("weighted", "taylor")
 #: Range of the secret per-channel scale a_j (log-uniform); powers of two would leave exact copies.
@@ -98,11 +98,11 @@ def fit_layer(activation: Activation, stats: LayerStats, down_norms: torch.Tenso
         return LayerPlan(channel_fit, channel_fit.error * weight, width)
     if fit != "weighted":
         raise ValueError(f"unknown fit {fit!r}; expected one of {FITS}")
-    channel_fit = fit_weighted(activation, histogram, order)
     orders = allocation_orders(order) if allocation == "boost" else None
     if orders is None:
+        channel_fit = fit_weighted(activation, histogram, order)
         return LayerPlan(channel_fit, channel_fit.error * weight, width)
-    base, boost = (fit_weighted(activation, histogram, n) for n in orders)
+    channel_fit, base, boost = fit_weighted_orders(activation, histogram, (order, *orders))  # one pass
     return LayerPlan(channel_fit, channel_fit.error * weight, width, base, base.error * weight,
                      boost, boost.error * weight)
 

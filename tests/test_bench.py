@@ -229,3 +229,42 @@ def test_theta_built_in_row_blocks_equals_the_whole_unit(tiny_llama, tiny_llama_
         assert set(blocks.tensors) == set(whole)
         for name, tensor in whole.items():
             assert torch.equal(blocks.tensors[name], tensor.float()), name
+
+
+def test_convert_with_slowdown_writes_the_choice_and_records_it(tiny_llama, tiny_llama_stats, tmp_path, monkeypatch):
+    """`api.convert(..., slowdown=X)`: the release has the chosen order and coverage and unswift.json says why.
+
+    Timing is not what this test checks (a tiny model's decode time is fixed costs): the timing
+    function is replaced by a machine that shows 60 % of the bytes model's extra time, so the search has
+    to move away from the bytes model's first guess, deterministically.
+    """
+    from packager import api, autoslowdown
+    from packager.convert import ConvertOptions
+    from packager.record import read_record
+
+    def machine(model, checkpoint, sizer, order, expanded, *, context, **_):
+        return 1.0 + 0.6 * (sizer.predicted(order, expanded, context=context) - 1.0)
+
+    monkeypatch.setattr(autoslowdown, "measure_slowdown", machine)
+    out = tmp_path / "slow"
+    result, _ = api.convert(tiny_llama, out, stats=tiny_llama_stats, options=ConvertOptions(slowdown=2.0))
+    record = read_record(out)
+    chosen = record["slowdown"]
+    assert chosen["requested"] == 2.0 and chosen["measured"] == pytest.approx(2.0, rel=0.10)
+    assert len(chosen["timings"]) >= 2 and chosen["fidelity"]["top1_agreement"] > 0.9
+    assert record["transform"]["order"] == chosen["order"] == result.spec["order"]
+    assert record["transform"]["coverage"] == pytest.approx(chosen["coverage"], abs=0.02)
+    source = open_checkpoint(tiny_llama)
+    written = sizing.predicted_decode_slowdown(sizing.folder_tensors(out), sizing.folder_tensors(tiny_llama),
+                                               source.config, dtype="float32", context=chosen["context"])
+    assert written == pytest.approx(chosen["predicted"], rel=0.02)  # the bytes model of what was written
+
+
+def test_release_dry_run_plans_without_key_repo_or_folder(tiny_llama, tmp_path):
+    out = tmp_path / "rel"
+    result = CliRunner().invoke(cli, ["release", str(tiny_llama), "--out", str(out), "--slowdown", "3",
+                                      "--dry-run", "--json"])
+    assert result.exit_code == 0, result.output
+    planned = _json(result)
+    assert planned["dry_run"] is True and planned["slowdown"]["requested"] == 3.0
+    assert not out.exists() and list(tmp_path.iterdir()) == []

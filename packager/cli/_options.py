@@ -124,7 +124,7 @@ def build_convert_options(order: int, coverage: str, fit: str, min_top1: float |
     ctx = click.get_current_context(silent=True)
     extra = ctx.meta.get(_META, {}) if ctx is not None else {}
     if extra.get("dry_run") and not allow_dry_run:
-        raise UsageError("--dry-run is not available for this command yet; run `unswift convert ... --dry-run` "
+        raise UsageError("--dry-run is not available for this command; run `unswift convert ... --dry-run` "
                          "to see the plan")
     slowdown = extra.get("slowdown")
     if slowdown is not None and ctx is not None:
@@ -139,3 +139,18 @@ def build_convert_options(order: int, coverage: str, fit: str, min_top1: float |
                              dtype=dtype, license=license_, base_model=base_model, slowdown=slowdown, **kwargs)
     options.validate()
     return options
+
+
+def report_plan(report, source, options) -> None:
+    """Print (and put in the JSON report) what converting `source` with `options` would produce."""
+    from packager.convert import plan
+
+    planned = plan(source, options)
+    report.update(planned)
+    memory = planned["memory"][planned["dtype"]]
+    coverage = planned["coverage"]
+    coverage_text = coverage if isinstance(coverage, str) else f"{coverage:.3f}"
+    report.say(f"plan (nothing written): order {planned['order']}, coverage {coverage_text}, release "
+               f"{planned['release_bytes'] / 1e9:.2f} GB on disk ({planned['dtype']}), "
+               f"{memory['total_bytes'] / 1e9:.2f} GB to run at {memory['context']} tokens, predicted "
+               f"decode slowdown {planned['predicted_decode_slowdown']:.2f}x")

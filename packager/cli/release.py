@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from packager.cli._app import common_options, main, reporting
-from packager.cli._options import build_convert_options, convert_options
+from packager.cli._options import build_convert_options, convert_options, dry_run_requested, report_plan
 from packager.cli.push import _exported
 
 
@@ -44,7 +44,7 @@ def release(checkpoint, repo, out, no_push, key, tag, private, gated, endpoint, 
     A re-run with the same inputs resumes: finished stages are skipped, the push is idempotent.
     Thresholds (--min-top1, --max-kl) stop the run before pushing, with exit code 1.
     """
-    if repo is None and not no_push:
+    if repo is None and not no_push and not dry_run_requested():
         raise click.UsageError("pass --repo ORG/NAME, or --no-push to stop before publishing")
     env = {"HF_ENDPOINT": endpoint, "HF_HUB_DISABLE_XET": "1" if no_xet else None}
     with reporting("release", as_json=as_json, quiet=quiet, debug=debug) as report, _exported(env):
@@ -52,7 +52,12 @@ def release(checkpoint, repo, out, no_push, key, tag, private, gated, endpoint, 
         from packager.release import release as run_release
 
         options = build_convert_options(order, coverage, fit, min_top1, hardening, dtype, license_, base_model,
-                                        allocation)
+                                        allocation, allow_dry_run=True)
+        if dry_run_requested():  # the plan only: no key, secret, folder or Hub call is touched
+            from packager.checkpoint import open_checkpoint
+
+            report_plan(report, open_checkpoint(checkpoint), options)
+            return
         publish = PublishOptions(repo=None if no_push else repo, tag=tag, private=private, gated=gated,
                                  endpoint=endpoint, revision=revision, create_pr=create_pr, no_xet=no_xet)
         result = run_release(checkpoint, out=out, options=options, publish=publish, key=key,

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from packager.cli._app import common_options, main, reporting
-from packager.cli._options import build_convert_options, convert_options, dry_run_requested
+from packager.cli._options import build_convert_options, convert_options, dry_run_requested, report_plan
 
 
 @main.command()
@@ -60,17 +60,7 @@ def convert(checkpoint, out, order, coverage, fit, allocation, min_top1, calibra
                                         allocation, allow_dry_run=True)
         source = open_checkpoint(checkpoint)
         if dry_run_requested():
-            from packager.convert import plan
-
-            planned = plan(source, options)
-            report.update(planned)
-            memory = planned["memory"][planned["dtype"]]
-            coverage = planned["coverage"]
-            coverage_text = coverage if isinstance(coverage, str) else f"{coverage:.3f}"
-            report.say(f"plan (nothing written): order {planned['order']}, coverage {coverage_text}, release "
-                       f"{planned['release_bytes'] / 1e9:.2f} GB on disk ({planned['dtype']}), "
-                       f"{memory['total_bytes'] / 1e9:.2f} GB to run at {memory['context']} tokens, predicted "
-                       f"decode slowdown {planned['predicted_decode_slowdown']:.2f}x")
+            report_plan(report, source, options)
             return
         out_dir = Path(out) if out else Path("releases") / source.name.split("/")[-1]
         result, secret = api.convert(source, out_dir, stats=stats, options=options, calibration=calibration,
