@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+import threading
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -86,9 +87,13 @@ class Checkpoint:
         return total
 
     def file_digests(self) -> dict[str, str]:
-        """SHA-256 of the files that define the source: config and weights (names only, no paths)."""
+        """SHA-256 of the files that define the source: config and weights (names only, no paths).
+
+        Memoised per file (path, size, mtime) for the process: a conversion asks several times, and
+        `api.convert` starts the hashing in the background while the series are fitted.
+        """
         files = [self.path / "config.json", *self.weight_files]
-        return {f.name: sha256_file(f) for f in files}
+        return {f.name: _memoised_sha256(f) for f in files}
 
     def load_model(self, dtype: torch.dtype = torch.float32, device: str = "cpu"):
         from transformers import AutoModelForCausalLM
@@ -158,3 +163,20 @@ def open_checkpoint(spec: str | Path, *, revision: str | None = None) -> Checkpo
         )
     name = name if name not in ("", ".") else path.resolve().name
     return Checkpoint(path=path, name=name, config=config, adapter=adapter, key_to_file=key_to_file)
+
+
+_DIGESTS: dict[tuple, str] = {}
+_DIGEST_LOCKS: dict[tuple, threading.Lock] = {}
+_REGISTRY_LOCK = threading.Lock()
+
+
+def _memoised_sha256(path: Path) -> str:
+    """sha256_file, once per (path, size, mtime) per process; a second caller waits for the first."""
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    with _REGISTRY_LOCK:
+        lock = _DIGEST_LOCKS.setdefault(key, threading.Lock())
+    with lock:
+        if key not in _DIGESTS:
+            _DIGESTS[key] = sha256_file(path)
+        return _DIGESTS[key]

@@ -1,19 +1,23 @@
 """Write a release folder: statistics + source weights -> release tensors, config, loader, record.
 
-Streams the source: non-MLP tensors are copied one at a time and each MLP is transformed on its own,
-so memory holds one output shard plus one layer. Written atomically (see `release_dir`).
+Streams the source: non-MLP tensors are copied one at a time and each MLP unit is transformed on its
+own, straight into the release dtype. The shards are laid out before the first tensor is computed and a
+writer thread writes and hashes each tensor while the next is computed (`packager.shards`), so memory
+holds about two units' release tensors and one unit's source, whatever the model's size. Written
+atomically (see `release_dir`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
-from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 
 from packager import TRANSFORMERS_RANGE, __version__
 from packager.architectures import Unit
@@ -24,17 +28,20 @@ from packager.record import payload_digests, write_record
 from packager.release_dir import atomic_folder
 from packager.secret import Secret
 from packager.series.activations import get_activation
+from packager.shards import Entry, ShardStream, safetensors_dtype
 from packager.transform import (
     FITS,
+    ChannelGroup,
     Hardening,
     LayerPlan,
+    OutputBuffers,
     SourceMLP,
     allocation_orders,
+    assemble,
     boost_channels,
-    build_layer,
     fit_layer,
-    layer_generator,
     secret_id,
+    unit_groups,
 )
 
 FORMAT_VERSION = 1
@@ -149,60 +156,29 @@ def plan_layers(checkpoint: Checkpoint, stats: Stats, options: ConvertOptions) -
     return plans
 
 
+def unit_transform(checkpoint: Checkpoint, plans: list[LayerPlan], masks: list[torch.Tensor],
+                   options: ConvertOptions, secret: bytes, layer: int, boosts: list[torch.Tensor] | None = None,
+                   *, read: bool = True) -> tuple[Unit, SourceMLP | None, list[ChannelGroup]]:
+    """MLP unit `layer`'s source tensors (source dtype; None unless `read`) and its channel groups in release
+    order (the secret draws: small, no tensor of the hidden size)."""
+    unit = mlp_units(checkpoint)[layer]
+    source = SourceMLP(**checkpoint.adapter.read_mlp(checkpoint, unit)) if read else None
+    groups = unit_groups(plans[layer], masks[layer], None if boosts is None else boosts[layer],
+                         options.hardening_scheme, secret, layer, gated=checkpoint.adapter.gated)
+    return unit, source, groups
+
+
 def layer_tensors(checkpoint: Checkpoint, plans: list[LayerPlan], masks: list[torch.Tensor],
                   options: ConvertOptions, secret: bytes, layer: int,
-                  boosts: list[torch.Tensor] | None = None, *, source: SourceMLP | None = None
+                  boosts: list[torch.Tensor] | None = None, *, dtype: torch.dtype = torch.float64
                   ) -> dict[str, torch.Tensor]:
-    """The release tensors of MLP unit `layer` (a layer's MLP or an expert), named as released (float64).
+    """The release tensors of MLP unit `layer` (a layer's MLP or an expert), named as released.
 
     With order allocation (`boosts`), the unit's channels form groups released one after the other:
     base-order channels, boost-order channels, then plaintext channels (docs/FORMAT.md, "groups").
-    `source` replaces the unit's tensors read from the checkpoint (e.g. a block of down rows: theta's
-    rows depend only on them, see `write_release`).
     """
-    unit = mlp_units(checkpoint)[layer]
-    source = source if source is not None else source_mlp(checkpoint, unit)
-    plan, scheme = plans[layer], options.hardening_scheme
-    if boosts is None:
-        tensors = build_layer(source, plan.fit, masks[layer], scheme, layer_generator(secret, layer))
-    else:
-        boosted = boosts[layer]
-        groups = [(plan.base, masks[layer] & ~boosted), (plan.boost, boosted)]
-        parts = [build_layer(source, fit, mask, scheme, layer_generator(secret, layer, group))
-                 for group, (fit, mask) in enumerate(groups)]
-        tensors = _join_groups(parts, [int(mask.sum()) for _, mask in groups], masks[layer], source.up is not None,
-                               build_layer(source, plan.fit, masks[layer], scheme, layer_generator(secret, layer, 2)))
-    return {unit.prefix + name: value for name, value in tensors.items()}
-
-
-def _join_groups(parts: list[dict[str, torch.Tensor]], counts: list[int], expanded: torch.Tensor, gated: bool,
-                 plain_part: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Concatenate the expanded channels of each group's `build_layer` output, then the plaintext ones.
-
-    Each part holds its group's channels first (rows and theta columns), so slicing them out keeps each
-    group's own secret signs, scales and permutation; the plaintext channels come from `plain_part`.
-    """
-    intermediate = expanded.numel()
-    total = int(expanded.sum())
-    halves = 2 if gated else 1
-
-    def rows(t: torch.Tensor, count: int, start: int = 0) -> list[torch.Tensor]:
-        return [t[h * intermediate + start : h * intermediate + start + count] for h in range(halves)]
-
-    joined: dict[str, torch.Tensor] = {}
-    for name in ("in_proj.weight", "in_proj.bias"):
-        blocks = [rows(part[name], count) for part, count in zip(parts, counts, strict=True)]
-        plain = rows(plain_part[name], intermediate - total, total)
-        joined[name] = torch.cat([b for h in range(halves) for b in [*(blk[h] for blk in blocks), plain[h]]])
-    columns = []
-    for part, count in zip(parts, counts, strict=True):
-        per_channel = (part["theta"].shape[1] - (intermediate - count)) // max(count, 1)
-        columns.append(part["theta"][:, : count * per_channel])
-    plain_columns = plain_part["theta"].shape[1] - (intermediate - total)
-    joined["theta"] = torch.cat([*columns, plain_part["theta"][:, plain_columns:]], dim=1)
-    if "out_bias" in plain_part:
-        joined["out_bias"] = plain_part["out_bias"]
-    return joined
+    unit, source, groups = unit_transform(checkpoint, plans, masks, options, secret, layer, boosts)
+    return {unit.prefix + name: value for name, value in assemble(source, groups, dtype).items()}
 
 
 def release_spec(checkpoint: Checkpoint, stats: Stats, options: ConvertOptions, masks: list[torch.Tensor],
@@ -289,99 +265,6 @@ def release_config(checkpoint: Checkpoint, spec: dict) -> dict:
     return config
 
 
-class _ShardWriter:
-    """Accumulates tensors and writes safetensors shards of at most `limit` bytes."""
-
-    def __init__(self, folder: Path, limit: int) -> None:
-        self.folder, self.limit = folder, limit
-        self.pending: dict[str, torch.Tensor] = {}
-        self.pending_bytes = 0
-        self.shards: list[list[str]] = []
-        self.total_bytes = 0
-
-    def reserve(self, size: int) -> None:
-        """Write the pending shard now if a tensor of `size` bytes would not fit beside it.
-
-        Called before a large tensor is built, so memory never holds a full shard and that tensor too.
-        """
-        if self.pending and self.pending_bytes + size > self.limit:
-            self.flush()
-
-    def add(self, name: str, tensor: torch.Tensor) -> None:
-        size = tensor.numel() * tensor.element_size()
-        self.reserve(size)
-        self.pending[name] = tensor.contiguous()
-        self.pending_bytes += size
-        self.total_bytes += size
-
-    def flush(self) -> None:
-        if not self.pending:
-            return
-        index = len(self.shards)
-        save_file(self.pending, str(self.folder / f".shard-{index:05d}.safetensors"),
-                  metadata={"format": "pt", "unswift_format_version": str(FORMAT_VERSION)})
-        self.shards.append(list(self.pending))
-        self.pending, self.pending_bytes = {}, 0
-
-    def finish(self) -> list[str]:
-        self.flush()
-        count = len(self.shards)
-        names = ["model.safetensors"] if count == 1 else [
-            f"model-{i + 1:05d}-of-{count:05d}.safetensors" for i in range(count)]
-        for i, name in enumerate(names):
-            (self.folder / f".shard-{i:05d}.safetensors").rename(self.folder / name)
-        if count > 1:
-            weight_map = {key: names[i] for i, keys in enumerate(self.shards) for key in keys}
-            index = {"metadata": {"total_size": self.total_bytes},
-                     "weight_map": dict(sorted(weight_map.items()))}
-            (self.folder / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
-        return names
-
-
-#: Float64 working memory of one block of theta rows while a unit is transformed.
-THETA_BLOCK_BYTES = 256 * 1024**2
-
-
-def _write_unit(writer: _ShardWriter, checkpoint: Checkpoint, plans: list[LayerPlan], masks: list[torch.Tensor],
-                options: ConvertOptions, secret: bytes, index: int, boosts: list[torch.Tensor] | None,
-                dtype: torch.dtype) -> None:
-    """Transform one MLP unit and hand its tensors to the writer, with bounded working memory.
-
-    theta ([H, S(N+1) + P], the large one) is built `THETA_BLOCK_BYTES` of float64 at a time: its rows
-    depend only on the same rows of the down projection, so each block is transformed from a block of
-    down rows (and zero-width gate/up, whose in_proj rows come from the first block only), cast, and
-    copied into the release tensor. The secret draws do not depend on the rows, so the result is the
-    same as one whole-unit transform.
-    """
-    unit = mlp_units(checkpoint)[index]
-    parts = checkpoint.adapter.read_mlp(checkpoint, unit)  # source dtype; build_layer widens what it uses
-    full = SourceMLP(**parts)
-    hidden = full.down.shape[0]
-    head = max(1, min(hidden, 16))
-    first = layer_tensors(checkpoint, plans, masks, options, secret, index, boosts,
-                          source=replace(full, down=full.down[:head],
-                                         down_bias=None if full.down_bias is None else full.down_bias[:head]))
-    columns = first[unit.prefix + "theta"].shape[1]
-    size = torch.empty((), dtype=dtype).element_size()
-    writer.reserve(size * (hidden * columns + sum(t.numel() for n, t in first.items() if not n.endswith("theta"))))
-    theta = torch.empty(hidden, columns, dtype=dtype)
-    theta[:head] = first.pop(unit.prefix + "theta")
-    thin = replace(full, gate=full.gate[:, :0], up=None if full.up is None else full.up[:, :0])
-    step = max(1, THETA_BLOCK_BYTES // (8 * columns * 4))  # float64; the allocation builds ~4 copies
-    for start in range(head, hidden, step):
-        rows = slice(start, min(start + step, hidden))
-        block = layer_tensors(checkpoint, plans, masks, options, secret, index, boosts,
-                              source=replace(thin, down=full.down[rows], down_bias=None))
-        theta[rows] = block[unit.prefix + "theta"]
-        del block
-    first.pop(unit.prefix + "out_bias", None)
-    for name, tensor in first.items():
-        writer.add(name, tensor.to(dtype))
-    writer.add(unit.prefix + "theta", theta)
-    if full.down_bias is not None:
-        writer.add(unit.prefix + "out_bias", full.down_bias.double().to(dtype))
-
-
 def write_release(checkpoint: Checkpoint, out: Path, *, stats: Stats, options: ConvertOptions,
                   plans: list[LayerPlan], masks: list[torch.Tensor], secret: Secret, overwrite: bool,
                   progress: Callable[[str], None] | None = None, extra_record: dict | None = None,
@@ -395,17 +278,34 @@ def write_release(checkpoint: Checkpoint, out: Path, *, stats: Stats, options: C
     adapter = checkpoint.adapter
     mlp_prefixes = adapter.source_prefixes(checkpoint.config)
     units = mlp_units(checkpoint)
-    with atomic_folder(out, overwrite=overwrite) as staging:
-        writer = _ShardWriter(staging, options.max_shard_bytes)
-        for key in sorted(checkpoint.key_to_file):
-            if not key.startswith(mlp_prefixes):
-                tensor = checkpoint.tensor(key)
-                tensor = tensor.to(dtype) if tensor.is_floating_point() else tensor
-                writer.add(adapter.release_key(key), tensor)
-        for index, unit in enumerate(units):
-            say(f"MLP {index + 1}/{len(units)} ({unit.name}): {int(masks[index].sum())} channels expanded")
-            _write_unit(writer, checkpoint, plans, masks, options, secret.value, index, boosts, dtype)
-        shard_names = writer.finish()
+    groups = [unit_transform(checkpoint, plans, masks, options, secret.value, index, boosts, read=False)[2]
+              for index in range(len(units))]
+    entries = [*_copied_entries(checkpoint, dtype),
+               *(entry for index, unit in enumerate(units) for entry in _unit_entries(
+                   checkpoint, unit, masks[index].numel(), groups[index], dtype, spec["out_bias"]))]
+    # The record lists the source's SHA-256s: hashed on a thread of its own while the release is written.
+    threading.Thread(target=checkpoint.file_digests, name="unswift-source-digests", daemon=True).start()
+    with atomic_folder(out, overwrite=overwrite) as staging, _intra_op_threads(1):
+        stream = ShardStream(staging, entries, options.max_shard_bytes,
+                             {"format": "pt", "unswift_format_version": str(FORMAT_VERSION)})
+        try:
+            for key in sorted(checkpoint.key_to_file):
+                if not key.startswith(mlp_prefixes):
+                    tensor = checkpoint.tensor(key)
+                    stream.put(adapter.release_key(key), tensor.to(dtype) if tensor.is_floating_point() else tensor)
+            # Two sets of output memory, alternately: `put` returns only once the writer is done with the
+            # tensor put before, so by the time unit i + 2 is assembled unit i's tensors are on disk.
+            buffers = (OutputBuffers(), OutputBuffers())
+            for index, unit in enumerate(units):
+                say(f"MLP {index + 1}/{len(units)} ({unit.name}): {int(masks[index].sum())} channels expanded")
+                source = SourceMLP(**adapter.read_mlp(checkpoint, unit))
+                for name, tensor in assemble(source, groups[index], dtype, buffers[index % 2]).items():
+                    stream.put(unit.prefix + name, tensor)
+                del source
+            shard_digests = stream.finish()
+        finally:
+            stream.close()
+        shard_names = list(shard_digests)
         config = release_config(checkpoint, spec)
         (staging / "config.json").write_text(json.dumps(config, indent=2, sort_keys=False) + "\n")
         for name in RUNTIME_FILES:
@@ -418,10 +318,55 @@ def write_release(checkpoint: Checkpoint, out: Path, *, stats: Stats, options: C
         release_bytes = sum((staging / n).stat().st_size for n in shard_names)
         record = initial_record(checkpoint, options, spec, stats, source_bytes, release_bytes,
                                 extra_record or {})
-        record["payload"] = payload_digests(staging)
+        record["payload"] = payload_digests(staging, known=shard_digests)
         write_record(staging, record)
     trials = (extra_record or {}).get("coverage_trials", [])
     return ConvertResult(out, spec, release_bytes, source_bytes, trials)
+
+
+@contextlib.contextmanager
+def _intra_op_threads(count: int) -> Iterator[None]:
+    """torch's intra-op threads set to `count` for the block.
+
+    While the release is written, the writer thread (file writes, SHA-256) and the source's hashing need
+    cores too; torch's idle OpenMP workers spin-wait and would take them (measured: the same conversion
+    ran 2x slower with torch's default threads beside the writer).
+    """
+    previous = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _copied_entries(checkpoint: Checkpoint, dtype: torch.dtype) -> list[Entry]:
+    """Layout entries of the tensors copied from the source (floating ones cast to the release dtype)."""
+    from packager.sizing import read_header
+
+    prefixes = checkpoint.adapter.source_prefixes(checkpoint.config)
+    headers = {file: read_header(file) for file in set(checkpoint.key_to_file.values())}
+    entries = []
+    for key in sorted(checkpoint.key_to_file):
+        if not key.startswith(prefixes):
+            spec = headers[checkpoint.key_to_file[key]][key]
+            stored = safetensors_dtype(spec.dtype)
+            entries.append(Entry(checkpoint.adapter.release_key(key), dtype if stored.is_floating_point else stored,
+                                 spec.shape))
+    return entries
+
+
+def _unit_entries(checkpoint: Checkpoint, unit: Unit, intermediate: int, groups: list[ChannelGroup],
+                  dtype: torch.dtype, out_bias: bool) -> list[Entry]:
+    """Layout entries of one unit's release tensors, in the order `assemble` returns them."""
+    hidden = int(checkpoint.config.hidden_size)
+    rows = intermediate * (2 if checkpoint.adapter.gated else 1)
+    entries = [Entry(unit.prefix + "in_proj.weight", dtype, (rows, hidden)),
+               Entry(unit.prefix + "in_proj.bias", dtype, (rows,)),
+               Entry(unit.prefix + "theta", dtype, (hidden, sum(group.columns for group in groups)))]
+    if out_bias:
+        entries.append(Entry(unit.prefix + "out_bias", dtype, (hidden,)))
+    return entries
 
 
 def plan(checkpoint: Checkpoint, options: ConvertOptions, *, context: int | None = None) -> dict:

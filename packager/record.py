@@ -36,9 +36,13 @@ def update_record(release_dir: Path, **fields) -> dict:
     return record
 
 
-def payload_digests(release_dir: Path) -> dict[str, str]:
-    """SHA-256 of every payload file (POSIX relative paths), i.e. all files but card, record, signature."""
+def payload_digests(release_dir: Path, known: dict[str, str] | None = None) -> dict[str, str]:
+    """SHA-256 of every payload file (POSIX relative paths), i.e. all files but card, record, signature.
+
+    `known` holds digests already taken of files as they were written (the shards), which are not read again.
+    """
     root = Path(release_dir)
+    known = known or {}
     files = sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith("."))
-    return {p.relative_to(root).as_posix(): sha256_file(p) for p in files
-            if p.relative_to(root).as_posix() not in NOT_PAYLOAD}
+    return {path: known[path] if path in known else sha256_file(root / path)
+            for path in (p.relative_to(root).as_posix() for p in files) if path not in NOT_PAYLOAD}

@@ -1,6 +1,7 @@
 """TaylorMLP transform of one MLP: fits, channel selection, hardening and the release tensors.
 
-Pure tensor mathematics (float64 throughout, one cast at the end); `convert` does the I/O.
+Pure tensor mathematics: per-channel parameters in float64, release tensors assembled in float64 (to
+measure) or in the release dtype (to write); `convert` does the I/O.
 
 For an expanded channel j with fit (z0_j, h_j, c_j), secret sign s_j, scale a_j and the source rows
 W_g[j], b_g[j], W_u[j] and down column w_j, the release holds
@@ -171,7 +172,7 @@ def secret_id(secret: bytes) -> str:
 
 @dataclass(frozen=True)
 class SourceMLP:
-    """One source MLP in float64: gate (or fc1) rows, optional up rows, down matrix, optional biases."""
+    """One source MLP (any float dtype): gate (or fc1) rows, optional up rows, down matrix, optional biases."""
 
     gate: torch.Tensor  # [I, H]
     down: torch.Tensor  # [H, I]
@@ -181,16 +182,43 @@ class SourceMLP:
     down_bias: torch.Tensor | None = None
 
 
-def build_layer(source: SourceMLP, fit: ChannelFit, expanded: torch.Tensor, hardening: Hardening,
-                generator: torch.Generator) -> dict[str, torch.Tensor]:
-    """The release tensors of one MLP (`in_proj.weight`, `in_proj.bias`, `theta`, `out_bias`), float64."""
-    intermediate = source.gate.shape[0]
-    gate = source.gate.double()
-    zeros = torch.zeros(intermediate, dtype=torch.float64)
-    gate_bias = source.gate_bias.double() if source.gate_bias is not None else zeros
+@dataclass(frozen=True)
+class ChannelGroup:
+    """Channels released one after the other: expanded with one series order, or plaintext.
+
+    `index` holds the source channel of each released channel, in release order (secretly permuted).
+    For an expanded group the per-channel parameters (float64) are the gate row's factor s/h, the
+    centre z0 it subtracts, the up row's scale a, and the coefficients with the parity of s applied
+    (Θ's row factor 1/a included); they are all `None` for a plaintext group.
+    """
+
+    index: torch.Tensor
+    gate_factor: torch.Tensor | None = None
+    centre: torch.Tensor | None = None
+    scale: torch.Tensor | None = None
+    coefficients: torch.Tensor | None = None  # [S, N+1] = c_n s^n / a
+
+    @property
+    def expanded(self) -> bool:
+        return self.coefficients is not None
+
+    @property
+    def columns(self) -> int:
+        """Θ columns the group occupies."""
+        count = self.index.numel()
+        return count * self.coefficients.shape[-1] if self.expanded else count
+
+
+def channel_groups(fit: ChannelFit, expanded: torch.Tensor, hardening: Hardening, generator: torch.Generator,
+                   *, gated: bool) -> tuple[ChannelGroup, ChannelGroup]:
+    """The expanded and plaintext groups of one unit: every secret draw of the transform, nothing of size H.
+
+    Draws happen in a fixed order (signs, scales, two permutations, window), so a given secret always
+    gives the same release; `assemble` turns the groups into tensors.
+    """
+    intermediate = expanded.numel()
     idx_exp = torch.nonzero(expanded).flatten()
     idx_plain = torch.nonzero(~expanded).flatten()
-    # Secret draws happen in a fixed order so that a given secret always gives the same release.
     signs = torch.where(torch.rand(intermediate, generator=generator) < 0.5, -1.0, 1.0).double()
     scales = _secret_scales(torch.rand(intermediate, generator=generator).double())
     perm_exp = torch.randperm(idx_exp.numel(), generator=generator)
@@ -198,7 +226,7 @@ def build_layer(source: SourceMLP, fit: ChannelFit, expanded: torch.Tensor, hard
     window_draws = torch.rand(2, intermediate, generator=generator).double() if hardening.window > 0 else None
     if not hardening.signs:
         signs = torch.ones_like(signs)
-    if not (hardening.scales and source.up is not None):
+    if not (hardening.scales and gated):
         scales = torch.ones_like(scales)
     if hardening.permutation:
         idx_exp, idx_plain = idx_exp[perm_exp], idx_plain[perm_plain]
@@ -211,29 +239,111 @@ def build_layer(source: SourceMLP, fit: ChannelFit, expanded: torch.Tensor, hard
         shift = (stretch - 1.0) * (2.0 * window_draws[1][idx_exp] - 1.0)
         coefficients = _rewindow(coefficients, shift, stretch, fit.basis)
         z0, h = z0 + shift * h, h * stretch
-    order = coefficients.shape[-1] - 1
-    n = torch.arange(order + 1, dtype=torch.float64)
-    coefficients = coefficients * s.unsqueeze(-1).pow(n)  # parity: B_n(-t) = (-1)^n B_n(t)
-    gate_rows = torch.cat([gate[idx_exp] * (s / h).unsqueeze(-1), gate[idx_plain]])
-    gate_bias_rows = torch.cat([(gate_bias[idx_exp] - z0) * s / h, gate_bias[idx_plain]])
-    w = source.down.double()
-    theta_exp = (w[:, idx_exp] / a).unsqueeze(-1) * coefficients.unsqueeze(0)  # [H, S, N+1]
-    theta = torch.cat([theta_exp.flatten(1), w[:, idx_plain]], dim=1)
-    tensors: dict[str, torch.Tensor] = {}
+    n = torch.arange(coefficients.shape[-1], dtype=torch.float64)
+    coefficients = coefficients * s.unsqueeze(-1).pow(n) / a.unsqueeze(-1)  # parity: B_n(-t) = (-1)^n B_n(t)
+    return ChannelGroup(idx_exp, s / h, z0, a, coefficients), ChannelGroup(idx_plain)
+
+
+class OutputBuffers:
+    """Memory `assemble` writes its two large tensors into, reused from one unit to the next.
+
+    A fresh 400 MB tensor per unit costs page faults and, with the page cache full of the release
+    being written, page reclaim on every fault; reusing two sets (one being written out while the next
+    unit is assembled into the other) removes both.
+    """
+
+    def __init__(self) -> None:
+        self.flat: dict[str, torch.Tensor] = {}
+
+    def get(self, name: str, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+        count = 1
+        for size in shape:
+            count *= size
+        buffer = self.flat.get(name)
+        if buffer is None or buffer.numel() < count or buffer.dtype != dtype:
+            buffer = self.flat[name] = torch.empty(count, dtype=dtype)
+        return buffer[:count].view(shape)
+
+
+def assemble(source: SourceMLP, groups: list[ChannelGroup], dtype: torch.dtype = torch.float64,
+             buffers: OutputBuffers | None = None) -> dict[str, torch.Tensor]:
+    """The release tensors of one unit (`in_proj.weight`, `in_proj.bias`, `theta`, `out_bias`) in `dtype`.
+
+    Groups are laid out in order: gate rows of every group, then up rows, and Θ's columns (docs/FORMAT.md).
+    Every row and column is written in place: Θ group by group as one broadcast product of the selected
+    down columns and the coefficients (no [H, S, N+1] temporary). Below float64 the products are taken
+    in float32 (one rounding of a source weight times a float64-derived factor) and stored in `dtype`.
+    With `buffers`, in_proj.weight and Θ are views into them (valid until the buffers are reused).
+    """
+    work = torch.float64 if dtype == torch.float64 else torch.float32
+    intermediate, hidden_in = source.gate.shape
+    hidden = source.down.shape[0]
+    halves = [(source.gate, source.gate_bias, True)]
     if source.up is not None:
-        up = source.up.double()
-        up_bias = source.up_bias.double() if source.up_bias is not None else zeros
-        up_rows = torch.cat([up[idx_exp] * a.unsqueeze(-1), up[idx_plain]])
-        up_bias_rows = torch.cat([up_bias[idx_exp] * a, up_bias[idx_plain]])
-        tensors["in_proj.weight"] = torch.cat([gate_rows, up_rows])
-        tensors["in_proj.bias"] = torch.cat([gate_bias_rows, up_bias_rows])
-    else:
-        tensors["in_proj.weight"] = gate_rows
-        tensors["in_proj.bias"] = gate_bias_rows
-    tensors["theta"] = theta
+        halves.append((source.up, source.up_bias, False))
+
+    def empty(name: str, shape: tuple[int, ...]) -> torch.Tensor:
+        return buffers.get(name, shape, dtype) if buffers is not None else torch.empty(shape, dtype=dtype)
+
+    weight = empty("in_proj.weight", (intermediate * len(halves), hidden_in))
+    bias = torch.zeros(intermediate * len(halves), dtype=work)
+    start = 0
+    for matrix, matrix_bias, gate in halves:
+        for group in groups:
+            rows = slice(start, start + group.index.numel())
+            start = rows.stop
+            if matrix.dtype == dtype:
+                torch.index_select(matrix, 0, group.index, out=weight[rows])
+            else:
+                weight[rows] = matrix[group.index]
+            if matrix_bias is not None:
+                bias[rows] = matrix_bias[group.index].to(work)
+            if not group.expanded:
+                continue
+            factor = (group.gate_factor if gate else group.scale).to(work)
+            weight[rows] = weight[rows].to(work).mul_(factor.unsqueeze(-1)) if weight.dtype != work else \
+                weight[rows].mul_(factor.unsqueeze(-1))
+            if gate:
+                bias[rows] = (bias[rows] - group.centre.to(work)) * factor
+            else:
+                bias[rows] *= factor
+    theta = empty("theta", (hidden, sum(group.columns for group in groups)))
+    start = 0
+    for group in groups:
+        columns = slice(start, start + group.columns)
+        start = columns.stop
+        picked = source.down.index_select(1, group.index)
+        if group.expanded:
+            block = theta[:, columns].view(hidden, group.index.numel(), group.coefficients.shape[-1])
+            torch.mul(picked.to(work).unsqueeze(-1), group.coefficients.to(work).unsqueeze(0), out=block)
+        else:
+            theta[:, columns] = picked
+    tensors = {"in_proj.weight": weight, "in_proj.bias": bias.to(dtype), "theta": theta}
     if source.down_bias is not None:
-        tensors["out_bias"] = source.down_bias.double()
+        tensors["out_bias"] = source.down_bias.to(dtype)
     return tensors
+
+
+def build_layer(source: SourceMLP, fit: ChannelFit, expanded: torch.Tensor, hardening: Hardening,
+                generator: torch.Generator, dtype: torch.dtype = torch.float64) -> dict[str, torch.Tensor]:
+    """The release tensors of one MLP with one series order for every expanded channel (see `assemble`)."""
+    return assemble(source, list(channel_groups(fit, expanded, hardening, generator,
+                                                gated=source.up is not None)), dtype)
+
+
+def unit_groups(plan: LayerPlan, expanded: torch.Tensor, boosted: torch.Tensor | None, hardening: Hardening,
+                secret: bytes, unit: int, *, gated: bool) -> list[ChannelGroup]:
+    """The channel groups of one unit in release order.
+
+    Uniform order: the expanded channels, then the plaintext ones (one generator). With order allocation:
+    base-order channels, boost-order channels, then plaintext, each group with its own generator.
+    """
+    if boosted is None:
+        return list(channel_groups(plan.fit, expanded, hardening, layer_generator(secret, unit), gated=gated))
+    base, _ = channel_groups(plan.base, expanded & ~boosted, hardening, layer_generator(secret, unit, 0), gated=gated)
+    boost, _ = channel_groups(plan.boost, boosted, hardening, layer_generator(secret, unit, 1), gated=gated)
+    _, plain = channel_groups(plan.fit, expanded, hardening, layer_generator(secret, unit, 2), gated=gated)
+    return [base, boost, plain]
 
 
 def _secret_scales(uniform: torch.Tensor) -> torch.Tensor:
