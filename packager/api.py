@@ -51,7 +51,7 @@ def calibrate(
     """
     source = _checkpoint(checkpoint)
     if out is not None:
-        check_output(Path(out), overwrite=overwrite)
+        check_output(Path(out), overwrite=overwrite, folder=False)
     stats = _calibrate(source, text=text, tokens=tokens, seed=seed, progress=progress, model=model)
     if out is not None:
         stats.save(Path(out))

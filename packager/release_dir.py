@@ -15,12 +15,13 @@ from pathlib import Path
 from packager.errors import UsageError
 
 
-def check_output(out: Path, *, overwrite: bool, flag: str = "--overwrite") -> None:
-    """Refuse an existing output before any expensive work starts."""
+def check_output(out: Path, *, overwrite: bool, flag: str = "--overwrite", folder: bool = True) -> None:
+    """Refuse an existing output before any expensive work starts (a folder, or a file with `folder=False`)."""
+    kind = "folder" if folder else "file"
     if out.exists() and not overwrite:
-        raise UsageError(f"output folder '{out}' exists; pass {flag} to replace it")
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"output '{out}' exists and is not a folder")
+        raise UsageError(f"output {kind} '{out}' exists; pass {flag} to replace it")
+    if out.exists() and out.is_dir() != folder:
+        raise UsageError(f"output '{out}' exists and is not a {kind}")
 
 
 @contextlib.contextmanager

@@ -33,3 +33,16 @@ def test_cli_default_calibration_tokens_match_the_library():
     from packager.calibrate import DEFAULT_TOKENS as LIBRARY
 
     assert DEFAULT_TOKENS == LIBRARY
+
+
+def test_calibrate_replaces_its_statistics_file_only_with_overwrite(tiny_llama, tmp_path):
+    stats = tmp_path / "stats.safetensors"
+    args = ["calibrate", str(tiny_llama), "--out", str(stats), "--calibration-tokens", "128", "--json"]
+    assert CliRunner().invoke(cli, args).exit_code == 0 and stats.is_file()
+    again = CliRunner().invoke(cli, args)
+    assert again.exit_code == 2 and "exists; pass --overwrite" in again.stdout
+    assert CliRunner().invoke(cli, [*args, "--overwrite"]).exit_code == 0
+    folder = tmp_path / "a-folder"
+    folder.mkdir()
+    wrong = CliRunner().invoke(cli, [*args[:3], str(folder), *args[4:], "--overwrite"])
+    assert wrong.exit_code == 2 and "is not a file" in wrong.stdout
