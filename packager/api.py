@@ -42,9 +42,11 @@ def _checkpoint(checkpoint: str | Path | Checkpoint) -> Checkpoint:
 def calibrate(
     checkpoint: str | Path | Checkpoint, *, text: str | Path | None = None, tokens: int = DEFAULT_TOKENS,
     seed: int = 0, out: str | Path | None = None, overwrite: bool = False, progress: Progress = None,
-    model=None,
+    model=None, device: str = "cpu",
 ) -> Stats:
     """Per-channel activation statistics of every MLP (see `packager.calibrate.calibrate`).
+
+    `device="auto"` spreads the model over every visible device with accelerate's `device_map`.
 
     Raises:
         UsageError: bad checkpoint or text source, or `out` exists without `overwrite`.
@@ -52,7 +54,7 @@ def calibrate(
     source = _checkpoint(checkpoint)
     if out is not None:
         check_output(Path(out), overwrite=overwrite, folder=False)
-    stats = _calibrate(source, text=text, tokens=tokens, seed=seed, progress=progress, model=model)
+    stats = _calibrate(source, text=text, tokens=tokens, seed=seed, progress=progress, model=model, device=device)
     if out is not None:
         stats.save(Path(out))
     return stats

@@ -282,8 +282,8 @@ def _load_model(checkpoint: Checkpoint, device: str):
     """The whole source model in float32: on one device, or over all of them with `device="auto"`.
 
     `device_map="auto"` (accelerate) places whole decoder layers on the visible GPUs (then CPU) and moves
-    activations between them; the hooks read pre-activations wherever they are. Not exercised in this
-    project's CI (no multi-GPU machine): it relies on accelerate's placement only.
+    activations between them; the hooks read pre-activations wherever they are. CI runs this path on a
+    machine without GPUs (everything lands on the CPU); no multi-GPU machine has run it.
     """
     if device != "auto":
         return checkpoint.load_model(torch.float32, device)

@@ -262,3 +262,22 @@ def test_release_dry_run_plans_without_key_repo_or_folder(tiny_llama, tmp_path):
     planned = _json(result)
     assert planned["dry_run"] is True and planned["slowdown"]["requested"] == 3.0
     assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_calibration_through_accelerate_device_map_equals_layer_by_layer(tmp_path):
+    """`--device auto` loads the whole model with accelerate's device_map (here every layer lands on the
+    CPU: no GPU) and gathers with hooks; its statistics equal the layer-by-layer ones."""
+    import torch
+    from tiny import build_tiny
+
+    from packager import calibrate
+    from packager.text import TokenText
+
+    source = open_checkpoint(build_tiny("qwen2", tmp_path / "qwen2"))
+    ids = torch.randint(3, source.config.vocab_size, (6, 40), generator=torch.Generator().manual_seed(1))
+    text = TokenText(ids, "random", "digest")
+    spread = calibrate.gather(source, text, device="auto")
+    layerwise = calibrate.gather(source, text)
+    for a, b in zip(spread.layers, layerwise.layers, strict=True):
+        for name in ("min", "max", "mean", "std", "up_rms", "counts"):
+            assert torch.allclose(getattr(a, name), getattr(b, name), rtol=1e-5, atol=1e-6), name

@@ -18,19 +18,24 @@ from packager.cli._options import build_convert_options, convert_options, dry_ru
 @click.option("--calibration-tokens", type=int, default=16384, show_default=True)
 @click.option("--calibration-seed", type=int, default=0, show_default=True)
 @click.option("--overwrite", is_flag=True, help="Replace an existing statistics file.")
+@click.option("--device", default="cpu", show_default=True,
+              help="cpu, cuda[:i], or auto: the whole model over every visible GPU (then CPU) with accelerate's "
+                   "device_map. With --calibration on cpu/cuda the checkpoint is read one decoder layer at a time.")
 @common_options
-def calibrate(checkpoint, out, calibration, calibration_tokens, calibration_seed, overwrite, as_json, quiet, debug):
+def calibrate(checkpoint, out, calibration, calibration_tokens, calibration_seed, overwrite, device, as_json, quiet,
+              debug):
     """Gather per-channel activation statistics of every MLP.
 
     \b
       unswift calibrate ./ckpt --out stats.safetensors
       unswift calibrate ./ckpt --out stats.safetensors --calibration corpus.jsonl
+      unswift calibrate ./ckpt --out stats.safetensors --device auto   # a model larger than one GPU
     """
     with reporting("calibrate", as_json=as_json, quiet=quiet, debug=debug) as report:
         from packager import api
 
         stats = api.calibrate(checkpoint, text=calibration, tokens=calibration_tokens, seed=calibration_seed,
-                              out=out, overwrite=overwrite, progress=report.say)
+                              out=out, overwrite=overwrite, progress=report.say, device=device)
         report.update({"stats": str(out), "layers": len(stats.layers), **stats.summary()})
         report.say(f"wrote {out}: {len(stats.layers)} layers, {stats.tokens} tokens, "
                    f"{stats.heldout_outside_fraction:.2e} of held-out activations outside the calibrated range")
