@@ -286,27 +286,24 @@ def assemble(source: SourceMLP, groups: list[ChannelGroup], dtype: torch.dtype =
         return buffers.get(name, shape, dtype) if buffers is not None else torch.empty(shape, dtype=dtype)
 
     weight = empty("in_proj.weight", (intermediate * len(halves), hidden_in))
-    bias = torch.zeros(intermediate * len(halves), dtype=work)
+    bias = torch.zeros(intermediate * len(halves), dtype=torch.float64)  # small: float64, one rounding
     start = 0
     for matrix, matrix_bias, gate in halves:
         for group in groups:
             rows = slice(start, start + group.index.numel())
             start = rows.stop
-            if matrix.dtype == dtype:
-                torch.index_select(matrix, 0, group.index, out=weight[rows])
-            else:
-                weight[rows] = matrix[group.index]
+            picked = matrix.index_select(0, group.index)
             if matrix_bias is not None:
-                bias[rows] = matrix_bias[group.index].to(work)
+                bias[rows] = matrix_bias[group.index].double()
             if not group.expanded:
+                weight[rows] = picked
                 continue
             factor = (group.gate_factor if gate else group.scale).to(work)
-            weight[rows] = weight[rows].to(work).mul_(factor.unsqueeze(-1)) if weight.dtype != work else \
-                weight[rows].mul_(factor.unsqueeze(-1))
+            weight[rows] = picked.to(work).mul_(factor.unsqueeze(-1))  # one rounding into `dtype`
             if gate:
-                bias[rows] = (bias[rows] - group.centre.to(work)) * factor
+                bias[rows] = (bias[rows] - group.centre) * group.gate_factor
             else:
-                bias[rows] *= factor
+                bias[rows] *= group.scale
     theta = empty("theta", (hidden, sum(group.columns for group in groups)))
     start = 0
     for group in groups:

@@ -213,6 +213,7 @@ def test_release_dtype_transform_equals_the_float64_one(tiny_llama, tiny_llama_s
     masks = select_channels(plans, 0.8, options.fit)
     generator = torch.Generator().manual_seed(0)
     boosts = [m & (torch.rand(m.shape, generator=generator) < 0.2) for m in masks] if boosted else None
+    # float32: the float64 factor's rounding and the product's; bfloat16: one rounding of a float32 product.
     resolution = {"float32": 2**-23, "bfloat16": 2**-8}[dtype]
     for index in range(len(plans)):
         exact = convert.layer_tensors(source, plans, masks, options, b"k" * 32, index, boosts)
@@ -222,7 +223,7 @@ def test_release_dtype_transform_equals_the_float64_one(tiny_llama, tiny_llama_s
         for name, tensor in exact.items():
             assert cast[name].dtype == convert.DTYPES[dtype] and cast[name].shape == tensor.shape
             error = (cast[name].double() - tensor).abs()
-            assert bool((error <= 2 * resolution * tensor.abs() + 1e-30).all()), name
+            assert bool((error <= (1 + 1e-3) * resolution * tensor.abs() + 1e-30).all()), name
 
 
 def test_convert_with_slowdown_writes_the_choice_and_records_it(tiny_llama, tiny_llama_stats, tmp_path, monkeypatch):
