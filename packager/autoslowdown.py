@@ -20,6 +20,7 @@ Mixture-of-experts checkpoints are refused for now (the in-memory fidelity path 
 from __future__ import annotations
 
 import dataclasses
+import os
 import types
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -75,6 +76,7 @@ class SlowdownChoice:
     clock: str = "wall"
     candidates: list[dict] = field(default_factory=list)
     timings: list[dict] = field(default_factory=list)
+    note: str | None = None  # why the choice was not (fully) measured, when it was not
     plans: list[LayerPlan] = field(default_factory=list, repr=False)
 
     def to_json(self) -> dict:
@@ -224,6 +226,37 @@ def measure_slowdown(model, checkpoint: Checkpoint, sizer: ReleaseSizer, order: 
     return rel / ref
 
 
+#: Timing modules may take this share of the memory available (the rest: activations, the allocator).
+ROOM_SHARE = 0.8
+
+
+class _NoRoom(Exception):
+    """A candidate's timing modules would not fit beside the model."""
+
+
+def available_memory(device: torch.device) -> int:
+    """Bytes that can still be allocated on `device` (CUDA: free memory; CPU: the kernel's MemAvailable)."""
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    try:
+        with open("/proc/meminfo") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def timing_memory(model, sizer: ReleaseSizer, order: int, expanded: list[int]) -> tuple[int, int]:
+    """(bytes the timing modules of this release need at the model's dtype, bytes available on its device)."""
+    parameter = next(model.parameters())
+    size = parameter.element_size()
+    needed = sum(spec.numel * size for name, spec in sizer.tensors(order, expanded).items()
+                 if name.endswith(("in_proj.weight", "in_proj.bias", "theta", "out_bias")))
+    return needed, available_memory(parameter.device)
+
+
 # -- fidelity -------------------------------------------------------------------------------------
 
 
@@ -348,6 +381,10 @@ def choose_slowdown(
     device = str(next(model.parameters()).device) if model is not None else "cpu"
 
     def timed(order: int, expanded: list[int]) -> float:
+        needed, available = timing_memory(model, sizer, order, expanded)
+        if needed > ROOM_SHARE * available:
+            raise _NoRoom(f"timing order {order} at coverage {sum(expanded) / sizer.channels:.2f} needs "
+                          f"{needed / 1e9:.1f} GB beside the model and {available / 1e9:.1f} GB are available")
         predicted = sizer.predicted(order, expanded, context=context)
         measured = measure_slowdown(model, checkpoint, sizer, order, expanded, context=context)
         timings.append({"order": order, "coverage": sum(expanded) / sizer.channels, "predicted": predicted,
@@ -359,15 +396,22 @@ def choose_slowdown(
     target = slowdown
     ceiling = sizer.reach(max_order, context=context)
     points = [(1.0, 1.0)]  # (predicted, measured): a release that reads the source's bytes runs at its speed
+    note = None
     if model is not None and measure:
         say(f"--slowdown {slowdown:g}: timing the bytes model's choice on this machine ({device})")
-        for _ in range(MAX_TIMINGS - 1):
-            order, coverage = candidate_orders(sizer, target, context=context, max_order=max_order, count=1)[0]
-            measured = timed(order, sizer.uniform(coverage))
-            points.append((timings[-1]["predicted"], measured))
-            if abs(measured / slowdown - 1.0) <= TOLERANCE:
-                break
-            target = _secant(points, slowdown, ceiling)
+        try:
+            for _ in range(MAX_TIMINGS - 1):
+                order, coverage = candidate_orders(sizer, target, context=context, max_order=max_order, count=1)[0]
+                measured = timed(order, sizer.uniform(coverage))
+                points.append((timings[-1]["predicted"], measured))
+                if abs(measured / slowdown - 1.0) <= TOLERANCE:
+                    break
+                target = _secant(points, slowdown, ceiling)
+        except _NoRoom as err:
+            measure = False
+            note = (f"not measured further: {err}; the choice rests on the bytes model"
+                    + (" and the timings above" if timings else ""))
+            say(f"  {note}")
     candidates = candidate_orders(sizer, target, context=context, max_order=max_order)
     say(f"bytes target {target:.2f}x; candidates (order, coverage): "
         + ", ".join(f"({n}, {c:.2f})" for n, c in candidates))
@@ -403,18 +447,23 @@ def choose_slowdown(
     masks = select_channels(plans, coverage_request, fit)
     measured = None
     if model is not None and measure:
-        measured = timed(order, _counts(masks))
-        for _ in range(FINAL_ADJUSTMENTS):  # the chosen order's coverage is corrected, its fidelity re-measured
-            if abs(measured / slowdown - 1.0) <= TOLERANCE:
-                break
-            points.append((timings[-1]["predicted"], measured))
-            adjusted = _exact_coverage(sizer, plans, fit, order, _secant(points, slowdown, ceiling), context)
-            if adjusted is None or adjusted == coverage_request:
-                break
-            coverage_request = adjusted
-            masks = select_channels(plans, coverage_request, fit)
+        try:
             measured = timed(order, _counts(masks))
-            best = {**best, "fidelity": measure_fidelity(model, checkpoint, plans, masks, order, ids, reference)}
+            for _ in range(FINAL_ADJUSTMENTS):  # the chosen order's coverage is corrected, its fidelity re-measured
+                if abs(measured / slowdown - 1.0) <= TOLERANCE:
+                    break
+                points.append((timings[-1]["predicted"], measured))
+                adjusted = _exact_coverage(sizer, plans, fit, order, _secant(points, slowdown, ceiling), context)
+                if adjusted is None or adjusted == coverage_request:
+                    break
+                masks = select_channels(plans, adjusted, fit)
+                measured = timed(order, _counts(masks))
+                coverage_request = adjusted
+                best = {**best, "fidelity": measure_fidelity(model, checkpoint, plans, masks, order, ids, reference)}
+        except _NoRoom as err:
+            masks = select_channels(plans, coverage_request, fit)  # the last choice whose timing fitted
+            note = f"the final choice was not timed: {err}"
+            say(f"  {note}")
     if measured is not None and measured < slowdown * (1.0 - UNREACHABLE):
         raise UsageError(
             f"--slowdown {slowdown:g} is out of reach on this machine: the release chosen (order {order}, coverage "
@@ -429,7 +478,7 @@ def choose_slowdown(
         fidelity=best["fidelity"], device=device.split(":")[0],
         dtype=str(next(model.parameters()).dtype).removeprefix("torch.") if model is not None else dtype,
         context=context, hardware=hardware_name(device), threads=threads, clock=clock_for(device)[0],
-        candidates=rows, timings=timings,
+        candidates=rows, timings=timings, note=note,
         plans=plans,
     )
 

@@ -350,7 +350,10 @@ def _copied_entries(checkpoint: Checkpoint, dtype: torch.dtype) -> list[Entry]:
     for key in sorted(checkpoint.key_to_file):
         if not key.startswith(prefixes):
             spec = headers[checkpoint.key_to_file[key]][key]
-            stored = safetensors_dtype(spec.dtype)
+            try:
+                stored = safetensors_dtype(spec.dtype)
+            except ValueError as err:
+                raise UsageError(f"cannot copy tensor '{key}': {err}") from err
             entries.append(Entry(checkpoint.adapter.release_key(key), dtype if stored.is_floating_point else stored,
                                  spec.shape))
     return entries

@@ -282,3 +282,21 @@ def test_calibration_through_accelerate_device_map_equals_layer_by_layer(tmp_pat
     for a, b in zip(spread.layers, layerwise.layers, strict=True):
         for name in ("min", "max", "mean", "std", "up_rms", "counts"):
             assert torch.allclose(getattr(a, name), getattr(b, name), rtol=1e-5, atol=1e-6), name
+
+
+def test_slowdown_falls_back_to_the_bytes_model_when_timing_would_not_fit(tiny_llama, tiny_llama_stats,
+                                                                          monkeypatch):
+    """A publishing machine without room for the release beside the model: no timing is attempted, the
+    choice rests on the bytes model, and the record says so."""
+    from packager import autoslowdown
+    from packager.calibrate import Stats
+    from packager.convert import ConvertOptions
+
+    source = open_checkpoint(tiny_llama)
+    monkeypatch.setattr(autoslowdown, "available_memory", lambda device: 1024)  # 1 KB free
+    choice = autoslowdown.choose_slowdown(source, source.load_model(), Stats.load(tiny_llama_stats),
+                                          ConvertOptions(slowdown=3.0))
+    assert choice.measured is None and choice.timings == []
+    assert "bytes model" in choice.note and "GB are available" in choice.note
+    assert choice.predicted == pytest.approx(3.0, rel=0.10)
+    assert choice.fidelity is not None  # fidelity needs no (N+1)-fold matrix: still measured

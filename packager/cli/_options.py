@@ -154,3 +154,6 @@ def report_plan(report, source, options) -> None:
                f"{planned['release_bytes'] / 1e9:.2f} GB on disk ({planned['dtype']}), "
                f"{memory['total_bytes'] / 1e9:.2f} GB to run at {memory['context']} tokens, predicted "
                f"decode slowdown {planned['predicted_decode_slowdown']:.2f}x")
+    if planned.get("slowdown"):
+        report.say("  (bytes model only: convert times candidates on this machine and picks the one that measures "
+                   "the slowdown asked, often a larger release than this; see `candidates` in --json)")
