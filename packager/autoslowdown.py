@@ -13,6 +13,9 @@
    forward pass of source size; float32 rounding apart it is what the release computes.
 5. The best candidate (top-1 agreement, then KL, then coverage) is timed again; a miss beyond the
    tolerance corrects its coverage (at most twice, its fidelity measured again each time).
+6. A timing holds the model and a full set of the candidate's TaylorMLPs in memory; when they would
+   not fit (`ROOM_SHARE` of what the device has free), timing stops and the choice rests on the bytes
+   model and the timings already taken, which the record's `note` says.
 
 Mixture-of-experts checkpoints are refused for now (the in-memory fidelity path handles dense MLPs).
 """

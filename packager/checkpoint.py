@@ -89,8 +89,8 @@ class Checkpoint:
     def file_digests(self) -> dict[str, str]:
         """SHA-256 of the files that define the source: config and weights (names only, no paths).
 
-        Memoised per file (path, size, mtime) for the process: a conversion asks several times, and
-        `api.convert` starts the hashing in the background while the series are fitted.
+        Memoised per file (path, size, mtime) for the process: a release asks several times, and
+        `convert.write_release` starts the hashing on a thread of its own while it writes.
         """
         files = [self.path / "config.json", *self.weight_files]
         return {f.name: _memoised_sha256(f) for f in files}

@@ -2,9 +2,9 @@
 
 Every release tensor's name, dtype and shape is known before the transform runs (the channel groups
 fix Θ's columns), so the shards' safetensors headers are written first and each tensor's bytes go to
-their place the moment it is computed, in order. A background thread writes and hashes (both release
-the GIL) while the caller computes the next tensor, and the payload SHA-256 of each shard comes from the
-bytes as written: nothing is held for a whole shard and nothing is read back.
+their place the moment it is computed, in order. Two background threads, one writing and one hashing
+(both release the GIL), take each tensor while the caller computes the next, and the payload SHA-256 of
+each shard comes from the bytes as written: nothing is held for a whole shard and nothing is read back.
 
 The files are standard safetensors (https://github.com/huggingface/safetensors, "Format"): an 8-byte
 little-endian header length, a JSON header padded with spaces to a multiple of 8, then the tensors'
