@@ -105,7 +105,6 @@ def test_written_release_equals_the_reference_transform_across_reused_buffers(tm
     from tiny import build_tiny
 
     from packager import api
-    from packager.calibrate import Stats
     from packager.checkpoint import open_checkpoint
     from packager.convert import ConvertOptions, boost_channels, layer_tensors, plan_layers
     from packager.record import read_record
@@ -124,7 +123,7 @@ def test_written_release_equals_the_reference_transform_across_reused_buffers(tm
     record = read_record(out)
     for name, digest in record["payload"].items():
         assert sha256_file(out / name) == digest, name
-    plans = plan_layers(source, Stats.load(stats) if not isinstance(stats, Stats) else stats, options)
+    plans = plan_layers(source, stats, options)
     masks = select_channels(plans, 0.9, options.fit)
     boosts = boost_channels(plans, masks, options.order)
     for index in range(5):
