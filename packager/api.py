@@ -82,6 +82,10 @@ def convert(
     out = Path(out)
     source = _checkpoint(checkpoint)
     check_output(out, overwrite=overwrite)
+    if options.slowdown is not None:
+        from packager.autoslowdown import check_supported
+
+        check_supported(source)  # before the model is loaded and calibrated
     secret = resolve_secret(secret_file, out)
     model = None
     if isinstance(stats, (str, Path)):

@@ -374,9 +374,7 @@ def choose_slowdown(
     say = progress or (lambda _msg: None)
     max_order = max_order or MAX_ORDER
     slowdown, fit = float(options.slowdown), options.fit
-    if checkpoint.adapter.experts is not None:
-        raise UsageError("--slowdown does not support mixture-of-experts checkpoints yet; pass --order and "
-                         "--coverage (and check the result with `unswift bench`)")
+    check_supported(checkpoint)
     sizer = ReleaseSizer(checkpoint, dtype=dtype)
     cache: dict = {}
     plans_for = lambda n: _plans(checkpoint, stats, options, n, cache)  # noqa: E731
@@ -484,6 +482,13 @@ def choose_slowdown(
         candidates=rows, timings=timings, note=note,
         plans=plans,
     )
+
+
+def check_supported(checkpoint: Checkpoint) -> None:
+    """Raise UsageError for a checkpoint `--slowdown` cannot handle (mixtures of experts, for now)."""
+    if checkpoint.adapter.experts is not None:
+        raise UsageError("--slowdown does not support mixture-of-experts checkpoints yet; pass --order and "
+                         "--coverage (and check the result with `unswift bench`)")
 
 
 def resolve_slowdown(checkpoint: Checkpoint, model, stats: Stats, options, *, progress: Progress = None):

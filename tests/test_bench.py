@@ -300,3 +300,13 @@ def test_slowdown_falls_back_to_the_bytes_model_when_timing_would_not_fit(tiny_l
     assert "bytes model" in choice.note and "GB are available" in choice.note
     assert choice.predicted == pytest.approx(3.0, rel=0.10)
     assert choice.fidelity is not None  # fidelity needs no (N+1)-fold matrix: still measured
+
+
+def test_slowdown_on_a_mixture_of_experts_is_refused_before_any_work(tmp_path):
+    from tiny import build_tiny
+
+    source = build_tiny("mixtral", tmp_path / "mixtral")
+    out = tmp_path / "release"
+    result = CliRunner().invoke(cli, ["convert", str(source), "--out", str(out), "--slowdown", "3", "--json"])
+    assert result.exit_code == 2 and "mixture-of-experts" in _json(result)["error"]
+    assert not out.exists() and not (tmp_path / "release.secret").exists()
