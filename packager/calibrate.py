@@ -183,7 +183,7 @@ def calibrate(
             f"--calibration-tokens {tokens} is too small; use at least 32 (default {DEFAULT_TOKENS})")
     say = progress or (lambda _msg: None)
     tokenizer = checkpoint.load_tokenizer()
-    layerwise = model is None and text is not None and device != "auto" and _layerwise_supported(checkpoint)
+    layerwise = model is None and text is not None and _reads_layer_by_layer(checkpoint, device)
     if model is None and not layerwise:
         model = _load_model(checkpoint, device)
     if text is not None:
@@ -201,7 +201,7 @@ def gather(checkpoint: Checkpoint, token_text: TokenText, *, model=None, device:
     """The statistics of `token_text`: through `model` with hooks, or, with `model=None`, layer by layer
     (whole model with hooks for the families `_layerwise_supported` refuses, and for `device="auto"`)."""
     say = progress or (lambda _msg: None)
-    layerwise = model is None and device != "auto" and _layerwise_supported(checkpoint)
+    layerwise = model is None and _reads_layer_by_layer(checkpoint, device)
     if model is None and not layerwise:
         model = _load_model(checkpoint, device)
     ids = token_text.ids
@@ -325,6 +325,11 @@ def _outside_tensors(model, checkpoint: Checkpoint) -> dict[str, torch.nn.Module
     return {name: module for name, module in model.named_modules()
             if id(module) not in inside and id(module) not in skip
             and (list(module.parameters(recurse=False)) or list(module.buffers(recurse=False)))}
+
+
+def _reads_layer_by_layer(checkpoint: Checkpoint, device: str) -> bool:
+    """Whether statistics are gathered one decoder layer at a time (else the whole model runs with hooks)."""
+    return device != "auto" and _layerwise_supported(checkpoint)
 
 
 def _layerwise_supported(checkpoint: Checkpoint) -> bool:
