@@ -1,7 +1,7 @@
 """Protection audit of the demo model (SmolLM2-135M-Instruct): the figures of docs/BENCHMARKS.md.
 
 Converts the demo checkpoint into the release kinds the acceptance criteria name, with one fixed secret,
-then runs `packager.audit.audit` on each against the source and prints a markdown table (attack x
+then runs `packager.stages.audit.audit` on each against the source and prints a markdown table (attack x
 release kind: recovered fraction, relative error, seconds, rebuilt top-1). With `--fidelity` it also
 measures each release's teacher-forced top-1 agreement and KL against the source on text sampled from
 the source (the cost side of hardening).
@@ -12,7 +12,7 @@ the source (the cost side of hardening).
     python benchmarks/audit_demo.py --out /tmp/audit-demo --kinds window --window 0.3 --fidelity
 
 `--window W` adds the kind `window`: the default release with the experimental secret window of
-`packager.transform.Hardening` (off in unswift; this measures why).
+`packager.maths.transform.Hardening` (off in unswift; this measures why).
 
 Minutes on a 2-core CPU; every release kind is converted once and reused with `--skip-convert`.
 """
@@ -27,11 +27,12 @@ from pathlib import Path
 
 import torch
 
-from packager import api, convert
-from packager.audit import ATTACK_NAMES, LearningBudget, audit
-from packager.calibrate import Stats
-from packager.convert import ConvertOptions
-from packager.transform import Hardening
+from packager import api
+from packager.maths.transform import Hardening
+from packager.stages import convert
+from packager.stages.audit import ATTACK_NAMES, LearningBudget, audit
+from packager.stages.calibrate import Stats
+from packager.stages.convert import ConvertOptions
 
 DEMO = Path.home() / ".cache" / "unswift" / "demo" / "SmolLM2-135M-Instruct"
 SECRET = "unswift-audit-demo-secret\n"
@@ -71,8 +72,8 @@ class Fidelity:
     """Teacher-forced top-1 agreement and KL of releases against their source, on text sampled once."""
 
     def __init__(self, checkpoint: Path, tokens: int) -> None:
-        from packager.checkpoint import open_checkpoint
-        from packager.text import sample_text
+        from packager.formats.checkpoint import open_checkpoint
+        from packager.stages.text import sample_text
 
         source = open_checkpoint(checkpoint)
         self.reference = source.load_model(torch.float32)
@@ -81,7 +82,7 @@ class Fidelity:
 
     @torch.no_grad()
     def __call__(self, release: Path) -> dict:
-        from packager.evaluate import compare_logits, load_release
+        from packager.stages.evaluate import compare_logits, load_release
 
         agreement = compare_logits(self.reference, load_release(release, dtype=torch.float32), self.text.ids)
         return {"top1_agreement": agreement.top1_agreement, "kl_mean": agreement.kl_mean,

@@ -17,9 +17,9 @@ import json
 import torch
 from transformers import AutoModelForCausalLM
 
-from packager.checkpoint import open_checkpoint
-from packager.evaluate import EVAL_SEED_OFFSET, compare_logits, load_release
-from packager.text import sample_text
+from packager.formats.checkpoint import open_checkpoint
+from packager.stages.evaluate import EVAL_SEED_OFFSET, compare_logits, load_release
+from packager.stages.text import sample_text
 
 
 def main() -> None:

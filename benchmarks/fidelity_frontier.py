@@ -16,13 +16,13 @@ import time
 
 import torch
 
-from packager.autocoverage import restore_mlps, swap_in_release_mlps
-from packager.calibrate import Stats
-from packager.checkpoint import open_checkpoint
-from packager.convert import ConvertOptions, layer_tensors, plan_layers, release_spec
-from packager.evaluate import EVAL_SEED_OFFSET, compare_to_logits, reference_logits
-from packager.text import sample_text
-from packager.transform import boost_channels, select_channels
+from packager.formats.checkpoint import open_checkpoint
+from packager.maths.transform import boost_channels, select_channels
+from packager.stages.calibrate import Stats
+from packager.stages.convert import ConvertOptions, layer_tensors, plan_layers, release_spec
+from packager.stages.evaluate import EVAL_SEED_OFFSET, compare_to_logits, reference_logits
+from packager.stages.plan.coverage import restore_mlps, swap_in_release_mlps
+from packager.stages.text import sample_text
 
 
 def main() -> None:

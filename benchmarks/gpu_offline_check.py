@@ -4,7 +4,7 @@ The lent GPU machines reach no package registry and receive at most 64 MiB of fi
 checkpoint (a 98 MB GGUF) cannot travel. This builds a checkpoint with SmolLM2-135M-Instruct's exact
 config (benchmarks/smollm2_135m_config.json) and random weights — identical shapes and bytes, hence
 identical timings, but no fidelity figure — converts it (order 8, coverage 1.0) and measures the decode
-and prefill slowdown in bfloat16 and float16 at batch 1 and 16 with `packager.bench.bench`, then runs
+and prefill slowdown in bfloat16 and float16 at batch 1 and 16 with `packager.stages.bench.bench`, then runs
 benchmarks/gpu_runtime_check.py (fast path vs float64 series, CUDA graph capture, torch.compile).
 Writes JSON files under $OUT.
 
@@ -49,8 +49,8 @@ def main() -> None:
     steps["build checkpoint"] = time.perf_counter() - start
 
     from packager import api
-    from packager.bench import bench
-    from packager.convert import ConvertOptions
+    from packager.stages.bench import bench
+    from packager.stages.convert import ConvertOptions
 
     start = time.perf_counter()
     stats = api.calibrate(source, tokens=1024)

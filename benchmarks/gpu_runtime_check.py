@@ -18,8 +18,8 @@ import types
 import torch
 import torch.nn.functional as F
 
+from packager.maths.series import bases
 from packager.runtime.modeling_unswift import TaylorMLP
-from packager.series import bases
 
 
 def make_mlp(hidden: int, intermediate: int, order: int, device: str, dtype: torch.dtype) -> TaylorMLP:

@@ -15,10 +15,13 @@ from pathlib import Path
 
 import torch
 
-from packager.calibrate import DEFAULT_TOKENS, Stats
-from packager.calibrate import calibrate as _calibrate
-from packager.checkpoint import Checkpoint, open_checkpoint
-from packager.convert import (
+from packager.formats.atomic import check_output
+from packager.formats.checkpoint import Checkpoint, open_checkpoint
+from packager.formats.secret import Secret, resolve_secret
+from packager.maths.transform import boost_channels, select_channels
+from packager.stages.calibrate import DEFAULT_TOKENS, Stats
+from packager.stages.calibrate import calibrate as _calibrate
+from packager.stages.convert import (
     ConvertOptions,
     ConvertResult,
     layer_tensors,
@@ -26,11 +29,8 @@ from packager.convert import (
     release_spec,
     write_release,
 )
-from packager.evaluate import DEFAULT_EVAL_TOKENS, EvalReport
-from packager.evaluate import evaluate as _evaluate
-from packager.release_dir import check_output
-from packager.secret import Secret, resolve_secret
-from packager.transform import boost_channels, select_channels
+from packager.stages.evaluate import DEFAULT_EVAL_TOKENS, EvalReport
+from packager.stages.evaluate import evaluate as _evaluate
 
 Progress = Callable[[str], None] | None
 
@@ -44,7 +44,7 @@ def calibrate(
     seed: int = 0, out: str | Path | None = None, overwrite: bool = False, progress: Progress = None,
     model=None, device: str = "cpu",
 ) -> Stats:
-    """Per-channel activation statistics of every MLP (see `packager.calibrate.calibrate`).
+    """Per-channel activation statistics of every MLP (see `packager.stages.calibrate.calibrate`).
 
     `device="auto"` spreads the model over every visible device with accelerate's `device_map`.
 
@@ -69,7 +69,7 @@ def convert(
     """Write an (unsigned) release folder.
 
     Options are validated and the output folder checked before calibration starts. With
-    `options.coverage is None` the coverage is chosen by measurement (`packager.autocoverage`).
+    `options.coverage is None` the coverage is chosen by measurement (`packager.stages.plan.coverage`).
 
     Returns:
         The result and the secret that seeded hardening (its `path` is where it was stored).
@@ -83,7 +83,7 @@ def convert(
     source = _checkpoint(checkpoint)
     check_output(out, overwrite=overwrite)
     if options.slowdown is not None:
-        from packager.autoslowdown import check_supported
+        from packager.stages.plan.slowdown import check_supported
 
         check_supported(source)  # before the model is loaded and calibrated
     secret = resolve_secret(secret_file, out)
@@ -99,7 +99,7 @@ def convert(
         stats = _calibrate(source, text=calibration, tokens=calibration_tokens, seed=calibration_seed,
                            progress=progress, model=model)
     say = progress or (lambda _msg: None)
-    from packager.autoslowdown import resolve_slowdown
+    from packager.stages.plan.slowdown import resolve_slowdown
 
     options, plans, slowdown = resolve_slowdown(source, model, stats, options, progress=progress)
     if plans is None:
@@ -108,7 +108,7 @@ def convert(
     trials: list[dict] = []
     coverage = options.coverage
     if coverage is None:
-        from packager.autocoverage import choose_coverage
+        from packager.stages.plan.coverage import choose_coverage
 
         coverage, trials = choose_coverage(
             source, model, plans, min_top1=options.min_top1, seed=stats.seed,
@@ -131,23 +131,23 @@ def evaluate(
     dtype: str | None = None, device: str | None = None, min_top1: float | None = None,
     max_kl: float | None = None, progress: Progress = None,
 ) -> EvalReport:
-    """Fidelity of a release against its source (see `packager.evaluate.evaluate`)."""
+    """Fidelity of a release against its source (see `packager.stages.evaluate.evaluate`)."""
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     return _evaluate(Path(release_dir), _checkpoint(reference), text=text, prompts=prompts, tokens=tokens,
                      seed=seed, dtype=dtype, device=device, min_top1=min_top1, max_kl=max_kl, progress=progress)
 
 
 def bench(release_dir: str | Path, reference: str | Path | Checkpoint, **kwargs):
-    """Decode and prefill slowdown of a release against its source (see `packager.bench.bench`)."""
-    from packager.bench import bench as _bench
+    """Decode and prefill slowdown of a release against its source (see `packager.stages.bench.bench`)."""
+    from packager.stages.bench import bench as _bench
 
     return _bench(release_dir, _checkpoint(reference), **kwargs)
 
 
 def plan(checkpoint: str | Path | Checkpoint, options: ConvertOptions | None = None, *,
          context: int | None = None) -> dict:
-    """What `convert` would write, from the checkpoint's headers alone (see `packager.convert.plan`)."""
-    from packager.convert import plan as _plan
+    """What `convert` would write, from the checkpoint's headers alone (see `packager.stages.convert.plan`)."""
+    from packager.stages.convert import plan as _plan
 
     return _plan(_checkpoint(checkpoint), options or ConvertOptions(), context=context)
 
@@ -158,7 +158,7 @@ def record_measurement(release_dir: str | Path, field: str, value) -> bool:
     Returns:
         True if `model.sig` was removed (the release must be re-signed).
     """
-    from packager.record import update_record
+    from packager.formats.record import update_record
 
     release_dir = Path(release_dir)
     update_record(release_dir, **{field: value})

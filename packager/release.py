@@ -13,11 +13,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from packager.checkpoint import Checkpoint, open_checkpoint
-from packager.convert import ConvertOptions
-from packager.digest import sha256_file, sha256_text
 from packager.errors import CheckFailed, UsageError
-from packager.record import read_record, update_record
+from packager.formats.checkpoint import Checkpoint, open_checkpoint
+from packager.formats.files import sha256_file, sha256_text
+from packager.formats.record import read_record, update_record
+from packager.stages.convert import ConvertOptions
 
 Progress = Callable[[str], None] | None
 
@@ -78,9 +78,10 @@ def release(
         CheckFailed: `min_top1` / `max_kl` missed (before anything is pushed).
         HubError: a network or Hub failure; re-running resumes.
     """
-    from packager import api, signing
-    from packager.secret import resolve_secret
-    from packager.transform import secret_id
+    from packager import api
+    from packager.formats.secret import resolve_secret
+    from packager.maths.transform import secret_id
+    from packager.publish import signing
 
     say = progress or (lambda _msg: None)
     options = options or ConvertOptions()
@@ -90,7 +91,7 @@ def release(
     out = Path(out) if out else Path("releases") / source.name.split("/")[-1]
     signing_key = _load_key(key, pushing=publish.repo is not None)
     if publish.repo is not None:
-        from packager.hub import _check_repo_id  # validate before any work
+        from packager.publish.hub import _check_repo_id  # validate before any work
 
         _check_repo_id(publish.repo)
     secret = resolve_secret(secret_file, out)  # created (0600, beside `out`) now, so a resume finds it
@@ -129,8 +130,8 @@ def release(
     _check_thresholds(evaluation, min_top1=min_top1, max_kl=max_kl)
 
     if bench and not read_record(out).get("bench"):
-        from packager.bench import bench as run_bench
-        from packager.bench import merge_entries
+        from packager.stages.bench import bench as run_bench
+        from packager.stages.bench import merge_entries
 
         say("bench")
         measured = run_bench(out, source, progress=progress)
@@ -161,13 +162,13 @@ def release(
             report.stages["sign"] = "done"
         report.fields["key_fingerprint"] = fingerprint
     else:
-        from packager.card import write_readme
+        from packager.publish.card import write_readme
 
         write_readme(out)
         report.stages["sign"] = "skipped (no --key; the folder is unsigned)"
 
     if publish.repo is not None:
-        from packager import hub
+        from packager.publish import hub
 
         tag = read_record(out)["hub"]["tag"]
         pushed = hub.push(out, publish.repo, tag=tag, private=publish.private, public=not publish.private,
@@ -184,7 +185,7 @@ def release(
 def _load_key(key: str | Path | None, *, pushing: bool):
     import os
 
-    from packager import signing
+    from packager.publish import signing
 
     if key is None and not os.environ.get("UNSWIFT_SIGNING_KEY"):
         if pushing:
@@ -204,7 +205,7 @@ def _reusable(out: Path, inputs: str) -> bool:
 
 
 def _signed_by(out: Path, key) -> bool:
-    from packager import signing
+    from packager.publish import signing
 
     if not (out / "model.sig").is_file():
         return False
@@ -226,6 +227,6 @@ def _check_thresholds(evaluation: dict, *, min_top1: float | None, max_kl: float
 
 def _run_audit(out: Path, source: Checkpoint, progress: Progress) -> dict:
     """The protection audit's record entry: every known attack against this release."""
-    from packager.audit import audit as run_audit
+    from packager.stages.audit import audit as run_audit
 
     return run_audit(out, reference=source, progress=progress).to_json()

@@ -39,20 +39,20 @@ def hub_double(tmp_path_factory, monkeypatch):
 
 @_hubd_pytest.fixture
 def hub_fast_retries(monkeypatch):
-    """Shorten the waits between retries (huggingface_hub backoff, packager.hub), never their number."""
+    """Shorten the waits between retries (huggingface_hub backoff, packager.publish.hub), never their number."""
     import time as real_time
     import types
 
     import huggingface_hub.utils._http as hf_http
 
-    import packager.hub
+    import packager.publish.hub.hub
 
     def short_sleep(seconds: float) -> None:
         real_time.sleep(min(seconds, 0.01))
 
     # huggingface_hub.utils._http only uses `time.sleep`; give it a module whose sleep is short.
     monkeypatch.setattr(hf_http, "time", types.SimpleNamespace(sleep=short_sleep, time=real_time.time))
-    monkeypatch.setattr(packager.hub, "_RETRY_WAITS", tuple(0.01 for _ in packager.hub._RETRY_WAITS))
+    monkeypatch.setattr(packager.publish.hub.hub, "_RETRY_WAITS", tuple(0.01 for _ in packager.publish.hub.hub._RETRY_WAITS))
 
 
 # ======================================================================================================
@@ -100,7 +100,7 @@ def tiny_llama_stats(tiny_llama, tmp_path_factory):
 def tiny_release(tiny_llama, tiny_llama_stats, tmp_path_factory):
     """A default (weighted fit, hardened) order-8 release of `tiny_llama` at full coverage."""
     from packager import api
-    from packager.convert import ConvertOptions
+    from packager.stages.convert import ConvertOptions
 
     out = tmp_path_factory.mktemp("release") / "tiny-llama"
     api.convert(tiny_llama, out, stats=tiny_llama_stats, options=ConvertOptions(order=8, coverage=1.0),

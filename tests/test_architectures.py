@@ -85,9 +85,9 @@ def _convert_cases(cases: list[dict], root: Path) -> list[dict]:
     from tiny import build_tiny
 
     from packager import api
-    from packager.calibrate import calibrate
-    from packager.checkpoint import open_checkpoint
-    from packager.convert import ConvertOptions
+    from packager.formats.checkpoint import open_checkpoint
+    from packager.stages.calibrate import calibrate
+    from packager.stages.convert import ConvertOptions
 
     out = []
     for case in cases:
@@ -222,8 +222,8 @@ def matrix(tmp_path_factory) -> dict:
         records.append(record)
     import transformers
 
-    from packager.architectures import supported_architectures
-    from packager.series.activations import ACTIVATIONS
+    from packager.maths.architectures import supported_architectures
+    from packager.maths.series.activations import ACTIVATIONS
 
     settings = {"order": ORDER, "coverage": COVERAGE, "calibration_tokens": CALIBRATION_TOKENS,
                 "calibration_seq_len": CALIBRATION_SEQ_LEN, "eval_tokens": list(EVAL_SHAPE),
@@ -290,7 +290,7 @@ def test_jets_match_autograd_of_the_function_transformers_runs(name):
     """Our exact coefficients, against autograd through transformers' own ACT2FN[name], order 10, float64."""
     from transformers.activations import ACT2FN
 
-    from packager.series.activations import ACTIVATIONS
+    from packager.maths.series.activations import ACTIVATIONS
 
     x0 = torch.tensor([-7.0, -3.2, -1.0, -0.1, 0.0, 0.4, 1.7, 4.0, 9.0], dtype=torch.float64)
     module = ACT2FN[name]
@@ -302,8 +302,8 @@ def test_jets_match_autograd_of_the_function_transformers_runs(name):
 def test_every_registered_family_defaults_to_an_expandable_activation():
     from transformers import AutoConfig
 
-    from packager.architectures import REGISTRY
-    from packager.series.activations import ACTIVATIONS
+    from packager.maths.architectures import REGISTRY
+    from packager.maths.series.activations import ACTIVATIONS
 
     for architecture, adapter in REGISTRY.items():
         config = AutoConfig.for_model(adapter.base_model_type)
@@ -313,7 +313,7 @@ def test_every_registered_family_defaults_to_an_expandable_activation():
 def test_units_of_a_mixed_dense_and_sparse_moe_model():
     from transformers import Qwen2MoeConfig
 
-    from packager.architectures import REGISTRY
+    from packager.maths.architectures import REGISTRY
 
     config = Qwen2MoeConfig(num_hidden_layers=3, num_experts=3, mlp_only_layers=[1])
     adapter = REGISTRY["Qwen2MoeForCausalLM"]
@@ -334,7 +334,7 @@ def test_units_of_a_mixed_dense_and_sparse_moe_model():
 def _source_model(matrix, case_id):
     from transformers import AutoModelForCausalLM
 
-    from packager.checkpoint import open_checkpoint
+    from packager.formats.checkpoint import open_checkpoint
 
     checkpoint = open_checkpoint(matrix["root"] / case_id / "src")
     return checkpoint, AutoModelForCausalLM.from_pretrained(checkpoint.path).eval()
@@ -368,7 +368,7 @@ def test_expert_statistics_come_only_from_routed_tokens(matrix):
     """Pre-activations reaching an expert's unit are exactly those of the tokens its router chose."""
     import torch.nn.functional as F
 
-    from packager.calibrate import _mlp_hooks
+    from packager.stages.calibrate import _mlp_hooks
 
     checkpoint, model = _source_model(matrix, "qwen2_moe-weighted")
     units = checkpoint.adapter.units(checkpoint.config)
@@ -437,8 +437,8 @@ def _refusal_configs(tmp_path: Path) -> dict[str, Path]:
 def test_unsupported_checkpoints_are_refused_by_the_cli_with_exit_2(tmp_path, name, expected):
     from click.testing import CliRunner
 
-    from packager.architectures import REGISTRY
     from packager.cli import cli
+    from packager.maths.architectures import REGISTRY
 
     source = _refusal_configs(tmp_path)[name]
     out = tmp_path / "release"

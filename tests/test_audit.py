@@ -13,11 +13,11 @@ from safetensors.torch import load_file, save_file
 from tiny import build_tiny
 
 from packager import api
-from packager.audit import LearningBudget, audit
 from packager.cli import cli
-from packager.convert import ConvertOptions
 from packager.errors import CheckFailed, UsageError
-from packager.transform import SCALE_EXCLUDED, Hardening, SourceMLP, build_layer, layer_generator
+from packager.maths.transform import SCALE_EXCLUDED, Hardening, SourceMLP, build_layer, layer_generator
+from packager.stages.audit import LearningBudget, audit
+from packager.stages.convert import ConvertOptions
 
 SMALL = LearningBudget(steps=20, tokens=256)
 SECRET = "audit-test-secret\n"
@@ -199,8 +199,8 @@ def _source(seed=0, intermediate=32, hidden=8):
 
 
 def _fit(intermediate=32, order=6):
-    from packager.series.activations import get_activation
-    from packager.series.fit import fit_taylor
+    from packager.maths.series.activations import get_activation
+    from packager.maths.series.fit import fit_taylor
 
     lo = torch.linspace(-3, -1, intermediate).double()
     return fit_taylor(get_activation("silu"), lo, lo + 4, order, normalise=True)
@@ -220,7 +220,7 @@ def test_hardening_is_reproducible_from_the_secret_and_scales_avoid_one():
 
 
 def test_the_window_re_expands_the_series_exactly_inside_the_calibrated_interval():
-    from packager.series import bases
+    from packager.maths.series import bases
 
     source, fit, mask = _source(), _fit(), torch.ones(32, dtype=torch.bool)
     x = torch.randn(64, 8, generator=torch.Generator().manual_seed(1)).double() * 0.3

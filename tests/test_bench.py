@@ -7,9 +7,9 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from packager import sizing
-from packager.checkpoint import open_checkpoint
 from packager.cli import cli
+from packager.formats.checkpoint import open_checkpoint
+from packager.maths import sizing
 
 
 def _json(result) -> dict:
@@ -22,7 +22,7 @@ def _json(result) -> dict:
 def uniform_release(tiny_llama, tiny_llama_stats, tmp_path_factory):
     """An order-6 release at coverage 0.75 with one order for every channel (exact shapes)."""
     from packager import api
-    from packager.convert import ConvertOptions
+    from packager.stages.convert import ConvertOptions
 
     out = tmp_path_factory.mktemp("bench") / "uniform"
     api.convert(tiny_llama, out, stats=tiny_llama_stats,
@@ -103,7 +103,7 @@ def test_bench_json_fields_and_record(tiny_llama, uniform_release, tmp_path):
 
 
 def test_merge_entries_keeps_one_per_device_dtype_batch():
-    from packager.bench import merge_entries
+    from packager.stages.bench import merge_entries
 
     old = [{"device": "cpu", "dtype": "float32", "batch": 1, "v": 1}, {"device": "cuda", "dtype": "bfloat16",
                                                                         "batch": 1, "v": 2}]
@@ -135,9 +135,9 @@ def test_dry_run_writes_nothing(tiny_llama, tmp_path):
 @pytest.mark.parametrize("slowdown", [2.0, 4.0, 8.0])
 def test_slowdown_picks_order_and_coverage_the_bytes_model_puts_within_10_percent(tiny_llama, tiny_llama_stats,
                                                                                   slowdown):
-    from packager.autoslowdown import choose_slowdown
-    from packager.calibrate import Stats
-    from packager.convert import ConvertOptions
+    from packager.stages.calibrate import Stats
+    from packager.stages.convert import ConvertOptions
+    from packager.stages.plan.slowdown import choose_slowdown
 
     source = open_checkpoint(tiny_llama)
     options = ConvertOptions(slowdown=slowdown, order=8)
@@ -173,8 +173,8 @@ def test_layer_by_layer_calibration_equals_the_whole_model_with_hooks(family, tm
     import torch
     from tiny import build_tiny
 
-    from packager import calibrate
-    from packager.text import TokenText
+    from packager.stages import calibrate
+    from packager.stages.text import TokenText
 
     source = open_checkpoint(build_tiny(family, tmp_path / family))
     assert calibrate._layerwise_supported(source)
@@ -191,7 +191,7 @@ def test_layer_by_layer_calibration_equals_the_whole_model_with_hooks(family, tm
 def test_mixture_of_experts_files_are_calibrated_through_the_whole_model(tmp_path):
     from tiny import build_tiny
 
-    from packager import calibrate
+    from packager.stages import calibrate
 
     assert not calibrate._layerwise_supported(open_checkpoint(build_tiny("mixtral", tmp_path / "mixtral")))
 
@@ -203,9 +203,9 @@ def test_release_dtype_transform_equals_the_float64_one(tiny_llama, tiny_llama_s
     path (used to measure fidelity in memory) gives the same tensors to the rounding of that dtype."""
     import torch
 
-    from packager import convert
-    from packager.calibrate import Stats
-    from packager.transform import select_channels
+    from packager.maths.transform import select_channels
+    from packager.stages import convert
+    from packager.stages.calibrate import Stats
 
     source = open_checkpoint(tiny_llama)
     options = convert.ConvertOptions(order=6, coverage=0.8, allocation="boost" if boosted else "uniform")
@@ -233,9 +233,10 @@ def test_convert_with_slowdown_writes_the_choice_and_records_it(tiny_llama, tiny
     function is replaced by a machine that shows 60 % of the bytes model's extra time, so the search has
     to move away from the bytes model's first guess, deterministically.
     """
-    from packager import api, autoslowdown
-    from packager.convert import ConvertOptions
-    from packager.record import read_record
+    from packager import api
+    from packager.formats.record import read_record
+    from packager.stages.convert import ConvertOptions
+    from packager.stages.plan import slowdown as autoslowdown
 
     def machine(model, checkpoint, sizer, order, expanded, *, context, **_):
         return 1.0 + 0.6 * (sizer.predicted(order, expanded, context=context) - 1.0)
@@ -271,8 +272,8 @@ def test_calibration_through_accelerate_device_map_equals_layer_by_layer(tmp_pat
     import torch
     from tiny import build_tiny
 
-    from packager import calibrate
-    from packager.text import TokenText
+    from packager.stages import calibrate
+    from packager.stages.text import TokenText
 
     source = open_checkpoint(build_tiny("qwen2", tmp_path / "qwen2"))
     ids = torch.randint(3, source.config.vocab_size, (6, 40), generator=torch.Generator().manual_seed(1))
@@ -288,9 +289,9 @@ def test_slowdown_falls_back_to_the_bytes_model_when_timing_would_not_fit(tiny_l
                                                                           monkeypatch):
     """A publishing machine without room for the release beside the model: no timing is attempted, the
     choice rests on the bytes model, and the record says so."""
-    from packager import autoslowdown
-    from packager.calibrate import Stats
-    from packager.convert import ConvertOptions
+    from packager.stages.calibrate import Stats
+    from packager.stages.convert import ConvertOptions
+    from packager.stages.plan import slowdown as autoslowdown
 
     source = open_checkpoint(tiny_llama)
     monkeypatch.setattr(autoslowdown, "available_memory", lambda device: 1024)  # 1 KB free

@@ -1,4 +1,4 @@
-"""packager.card: the model card is rendered from unswift.json only, says what was not measured, and
+"""packager.publish.card: the model card is rendered from unswift.json only, says what was not measured, and
 never claims more protection than the audit measured."""
 
 from __future__ import annotations
@@ -6,14 +6,13 @@ from __future__ import annotations
 import copy
 import json
 import re
-from pathlib import Path
 
 import pytest
 from huggingface_hub import ModelCard
 from test_signing import make_release, sample_record
 
-from packager import card, signing
 from packager.errors import UsageError
+from packager.publish import card, signing
 
 FORBIDDEN = re.compile(r"irreversib|unrecoverab|secur", re.IGNORECASE)
 
@@ -44,9 +43,12 @@ def record() -> dict:
     return sample_record()
 
 
-def test_template_lives_in_the_top_level_templates_folder():
-    assert card.TEMPLATE_DIR == Path(__file__).resolve().parents[1] / "templates"
-    assert (card.TEMPLATE_DIR / card.TEMPLATE_NAME).is_file()
+def test_template_ships_inside_the_package():
+    from importlib import resources
+
+    package, name = card.TEMPLATE
+    assert package.startswith("packager.")
+    assert resources.files(package).joinpath(name).is_file()
 
 
 def test_yaml_header_parses_with_huggingface_hub(record):

@@ -30,7 +30,7 @@ def test_usage_error_with_json_prints_one_json_line(capsys):
 
 
 def test_cli_default_calibration_tokens_match_the_library():
-    from packager.calibrate import DEFAULT_TOKENS as LIBRARY
+    from packager.stages.calibrate import DEFAULT_TOKENS as LIBRARY
 
     assert DEFAULT_TOKENS == LIBRARY
 

@@ -19,8 +19,8 @@ from click.testing import CliRunner
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 from test_signing import RELEASE_FILES, TAMPERS, hub_cache_snapshot, make_release, write_key
 
-from packager import signing
 from packager.cli import cli
+from packager.publish import signing
 
 
 def run(*args: str, env: dict[str, str] | None = None):
@@ -227,7 +227,7 @@ def _fake_hub(monkeypatch, download) -> list:
         calls.append((repo_id, revision, endpoint, token))
         return download()
 
-    monkeypatch.setitem(sys.modules, "packager.hub", types.SimpleNamespace(download_release=download_release))
+    monkeypatch.setitem(sys.modules, "packager.publish.hub", types.SimpleNamespace(download_release=download_release))
     return calls
 
 
@@ -251,7 +251,7 @@ def test_verify_a_release_pushed_to_the_hub_double(hub_double, signed, keys, tmp
     """The real download path: a Hub cache snapshot (symlinks) plus the Hub's own .gitattributes."""
     from hub_double import DEFAULT_TOKEN
 
-    from packager import hub
+    from packager.publish import hub
 
     release = Path(shutil.copytree(signed, tmp_path / "release"))
     hub.push(release, "org/model", tag="v1", endpoint=hub_double.url, token=DEFAULT_TOKEN, no_xet=True)

@@ -1,4 +1,4 @@
-"""`packager.hub.push` / `unswift push` against the loopback Hub double: one commit, a tag, idempotent
+"""`packager.publish.hub.push` / `unswift push` against the loopback Hub double: one commit, a tag, idempotent
 re-runs, stale files deleted in the same commit, visibility rules, and every bad input refused before any
 upload."""
 
@@ -15,9 +15,9 @@ import pytest
 from click.testing import CliRunner
 from hub_double import DEFAULT_TOKEN, READ_TOKEN, fake_release
 
-from packager import hub
 from packager.cli import cli
 from packager.errors import UsageError
+from packager.publish import hub
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 

@@ -9,11 +9,11 @@ from click.testing import CliRunner
 from conftest import run_python
 from hub_double import DEFAULT_TOKEN
 
-from packager import signing
 from packager.cli import cli
-from packager.convert import ConvertOptions
 from packager.errors import CheckFailed, UsageError
+from packager.publish import signing
 from packager.release import PublishOptions, release
+from packager.stages.convert import ConvertOptions
 
 GENERATE = r"""
 import json, os, sys, torch

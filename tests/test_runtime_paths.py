@@ -1,6 +1,6 @@
 """The runtime's fast path (`TaylorMLP`): same numbers as the plain series, compiler- and graph-friendly.
 
-The plain path is the series written out in float64 from `packager.series.bases.design` (the
+The plain path is the series written out in float64 from `packager.maths.series.bases.design` (the
 definition the fits use): y = Σ_j Σ_n Θ_{j,n} B_n(t_j) u_j + Σ_k Θ_k act(g_k) u_k. Tolerances: 1e-5
 relative in float32, 2e-2 in bfloat16 (features and Θ rounded to 8 bits of mantissa).
 """
@@ -14,8 +14,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from packager.maths.series import bases
 from packager.runtime.modeling_unswift import SeriesBasis, TaylorMLP
-from packager.series import bases
 
 HIDDEN, INTERMEDIATE = 32, 48
 

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
+from packager.maths.series import bases
+from packager.maths.series.activations import ACTIVATIONS, get_activation
+from packager.maths.series.fit import Histogram, fit_taylor, fit_weighted
 from packager.runtime.modeling_unswift import SeriesBasis
-from packager.series import bases
-from packager.series.activations import ACTIVATIONS, get_activation
-from packager.series.fit import Histogram, fit_taylor, fit_weighted
 
 ORDER = 10
 

@@ -8,8 +8,8 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from packager.digest import sha256_file
-from packager.shards import Entry, ShardStream, layout
+from packager.formats.files import sha256_file
+from packager.formats.shards import Entry, ShardStream, layout
 
 
 def _tensors() -> dict[str, torch.Tensor]:
@@ -105,10 +105,10 @@ def test_written_release_equals_the_reference_transform_across_reused_buffers(tm
     from tiny import build_tiny
 
     from packager import api
-    from packager.checkpoint import open_checkpoint
-    from packager.convert import ConvertOptions, boost_channels, layer_tensors, plan_layers
-    from packager.record import read_record
-    from packager.transform import select_channels
+    from packager.formats.checkpoint import open_checkpoint
+    from packager.formats.record import read_record
+    from packager.maths.transform import select_channels
+    from packager.stages.convert import ConvertOptions, boost_channels, layer_tensors, plan_layers
 
     source = open_checkpoint(build_tiny("llama", tmp_path / "five", num_hidden_layers=5, wide_channels=2))
     stats = api.calibrate(source, text=None, tokens=512)

@@ -1,4 +1,4 @@
-"""packager.signing: keys, `model.sig` in the OpenSSF format, and verification that names each bad file.
+"""packager.publish.signing: keys, `model.sig` in the OpenSSF format, and verification that names each bad file.
 
 Every signature made here is also checked by the real `model_signing` 1.1.1 verifier, so the format is
 tested against the tool users run, not against our own reading of it. `make_release` and friends build
@@ -22,9 +22,9 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from safetensors.torch import save_file
 
-from packager import signing
-from packager.digest import sha256_file
 from packager.errors import CheckFailed, UsageError
+from packager.formats.files import sha256_file
+from packager.publish import signing
 
 #: Files of the fake release, `model.sig` aside; the tamper suites run over each.
 RELEASE_FILES = (

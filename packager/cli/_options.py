@@ -10,7 +10,7 @@ from click.core import ParameterSource
 
 from packager.errors import UsageError
 
-#: Same as packager.calibrate.DEFAULT_TOKENS (a test checks); not imported so `--help` stays fast.
+#: Same as packager.stages.calibrate.DEFAULT_TOKENS (a test checks); not imported so `--help` stays fast.
 DEFAULT_TOKENS = 16384
 
 
@@ -119,7 +119,7 @@ def build_convert_options(order: int, coverage: str, fit: str, min_top1: float |
         UsageError: conflicting or invalid options; --dry-run on a command that does not plan
             (`allow_dry_run=False`).
     """
-    from packager.convert import ConvertOptions
+    from packager.stages.convert import ConvertOptions
 
     ctx = click.get_current_context(silent=True)
     extra = ctx.meta.get(_META, {}) if ctx is not None else {}
@@ -143,7 +143,7 @@ def build_convert_options(order: int, coverage: str, fit: str, min_top1: float |
 
 def report_plan(report, source, options) -> None:
     """Print (and put in the JSON report) what converting `source` with `options` would produce."""
-    from packager.convert import plan
+    from packager.stages.convert import plan
 
     planned = plan(source, options)
     report.update(planned)

@@ -57,8 +57,8 @@ def audit(release, reference, secret_file, max_recovered, attacks, learning_step
     """
     with reporting("audit", as_json=as_json, quiet=quiet, debug=debug) as report:
         from packager import api
-        from packager.audit import ATTACK_NAMES, LearningBudget
-        from packager.audit import audit as run_audit
+        from packager.stages.audit import ATTACK_NAMES, LearningBudget
+        from packager.stages.audit import audit as run_audit
 
         budget = LearningBudget(steps=learning_steps, tokens=attacker_tokens, layers=_units(learning_units))
         result = run_audit(release, reference=reference, secret_file=secret_file, max_recovered=max_recovered,

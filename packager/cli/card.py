@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import click
 
-from packager import card
 from packager.cli._app import common_options, main, reporting
+from packager.publish import card
 
 
 @main.command("card")
 @click.argument("release", type=click.Path(file_okay=False))
 @common_options
 def card_command(release: str, as_json: bool, quiet: bool, debug: bool) -> None:
-    """(Re)write RELEASE/README.md from templates/ and RELEASE/unswift.json.
+    """(Re)write RELEASE/README.md from the packaged card template and RELEASE/unswift.json.
 
     Every figure in the card comes from unswift.json. On a signed release the old model.sig no longer
     matches the new README, so it is removed and the command says so: sign again afterwards.

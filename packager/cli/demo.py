@@ -19,8 +19,8 @@ def demo_checkpoint(out, as_json, quiet, debug):
     from pathlib import Path
 
     with reporting("demo-checkpoint", as_json=as_json, quiet=quiet, debug=debug) as report:
-        from packager.demo import DEMO_BASE_MODEL, DEMO_LICENSE
-        from packager.demo import demo_checkpoint as build
+        from packager.formats.demo import DEMO_BASE_MODEL, DEMO_LICENSE
+        from packager.formats.demo import demo_checkpoint as build
 
         path = build(Path(out) if out else None)
         report.update({"checkpoint": str(path), "license": DEMO_LICENSE, "base_model": DEMO_BASE_MODEL})

@@ -1,6 +1,6 @@
 """`unswift push`: one atomic commit of a release folder to a Hub repo, then a tag.
 
-`packager.hub` (and with it `huggingface_hub`) is imported inside the command, after `--endpoint` and
+`packager.publish.hub` (and with it `huggingface_hub`) is imported inside the command, after `--endpoint` and
 `--no-xet` have been exported as `HF_ENDPOINT` / `HF_HUB_DISABLE_XET`, so that everything
 `huggingface_hub` reads at import time (Trusted Publishers token exchange, caches) sees them too. The
 same values are also passed to `push()` explicitly, which matters when `huggingface_hub` was already
@@ -85,7 +85,7 @@ def push_command(
     """
     env = {"HF_ENDPOINT": endpoint, "HF_HUB_DISABLE_XET": "1" if no_xet else None}
     with reporting("push", as_json=as_json, quiet=quiet, debug=debug) as report, _exported(env):
-        from packager import hub
+        from packager.publish import hub
 
         result = hub.push(
             release,

@@ -54,7 +54,7 @@ def release(checkpoint, repo, out, no_push, key, tag, private, gated, endpoint, 
         options = build_convert_options(order, coverage, fit, min_top1, hardening, dtype, license_, base_model,
                                         allocation, allow_dry_run=True)
         if dry_run_requested():  # the plan only: no key, secret, folder or Hub call is touched
-            from packager.checkpoint import open_checkpoint
+            from packager.formats.checkpoint import open_checkpoint
 
             report_plan(report, open_checkpoint(checkpoint), options)
             return

@@ -1,4 +1,4 @@
-"""`unswift keygen`, `unswift sign` and `unswift verify`: thin wrappers over `packager.signing`.
+"""`unswift keygen`, `unswift sign` and `unswift verify`: thin wrappers over `packager.publish.signing`.
 
 Keys are never read from prompts and never printed: the signing key comes from `--key` or
 `UNSWIFT_SIGNING_KEY`, and only its fingerprint is shown.
@@ -13,10 +13,10 @@ from pathlib import Path
 
 import click
 
-from packager import signing
 from packager.cli._app import common_options, main, reporting
 from packager.errors import CheckFailed, UsageError
-from packager.record import read_record
+from packager.formats.record import read_record
+from packager.publish import signing
 
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
@@ -117,7 +117,7 @@ def verify_command(target: str, key: str | None, revision: str | None, endpoint:
         public_key = signing.load_public_key(key)  # a bad key fails before any download
         folder = Path(target)
         if not local:
-            from packager.hub import download_release
+            from packager.publish.hub import download_release
 
             report.say(f"downloading {target} at {revision or 'main'}")
             folder = download_release(target, revision=revision, endpoint=endpoint)

@@ -1,0 +1,1 @@
+"""Publishing: the model card, the signature and the Hub push."""

@@ -1,0 +1,1 @@
+"""The pipeline's stages, in order: calibrate, plan, convert, evaluate, bench, audit."""

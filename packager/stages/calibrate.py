@@ -1,0 +1,466 @@
+"""Calibration: per-channel statistics of every MLP's gate pre-activation, from text.
+
+Two passes over the calibration text with forward hooks: the first gathers min, max, mean and variance
+(float64, merged per batch with Chan's parallel formula) and the RMS of the up projection; the second
+fills a fixed-width histogram per channel over [min, max]. The last tenth of the sequences is held out
+and only counted: how often held-out activations fall outside the calibrated range.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from packager.errors import UsageError
+from packager.formats.checkpoint import Checkpoint
+from packager.maths.series.fit import Histogram
+from packager.stages.text import TokenText, load_text, sample_text
+
+STATS_FORMAT = 1
+DEFAULT_TOKENS = 16384
+DEFAULT_SEQ_LEN = 512
+DEFAULT_BINS = 256
+
+
+@dataclass(frozen=True)
+class LayerStats:
+    """Statistics of one MLP unit's gate pre-activations g (and up projections u), one entry per channel.
+
+    A unit is a dense layer's MLP, a routed expert or a shared expert (`Adapter.units`); `Stats.layers`
+    holds one entry per unit, in that order (for dense models, one per layer).
+    """
+
+    min: torch.Tensor
+    max: torch.Tensor
+    mean: torch.Tensor
+    std: torch.Tensor
+    up_rms: torch.Tensor
+    counts: torch.Tensor  # [channels, bins] over [min, max]
+
+    @property
+    def histogram(self) -> Histogram:
+        return Histogram(self.min.double(), self.max.double(), self.counts.double())
+
+
+@dataclass(frozen=True)
+class Stats:
+    """A calibration: per-layer statistics plus what produced them (recorded in the release)."""
+
+    layers: list[LayerStats]
+    tokens: int
+    seed: int
+    source: str
+    text_digest: str
+    heldout_tokens: int
+    heldout_outside_fraction: float
+    source_digest: str
+
+    def summary(self) -> dict:
+        return {
+            "tokens": self.tokens, "seed": self.seed, "source": self.source, "text_digest": self.text_digest,
+            "heldout_tokens": self.heldout_tokens,
+            "heldout_outside_fraction": self.heldout_outside_fraction,
+            "bins": int(self.layers[0].counts.shape[-1]) if self.layers else 0,
+        }
+
+    def save(self, path: Path) -> None:
+        tensors = {}
+        for i, layer in enumerate(self.layers):
+            for name in ("min", "max", "mean", "std", "up_rms", "counts"):
+                tensors[f"layers.{i}.{name}"] = getattr(layer, name).contiguous()
+        meta = {"format": "pt", "unswift_stats_format": str(STATS_FORMAT), "summary": json.dumps(
+            {**self.summary(), "source_digest": self.source_digest, "layers": len(self.layers)})}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp")
+        save_file(tensors, str(tmp), metadata=meta)
+        tmp.replace(path)
+
+    @classmethod
+    def load(cls, path: Path) -> Stats:
+        from safetensors import safe_open
+
+        if not Path(path).is_file():
+            raise UsageError(f"statistics file '{path}' not found; create it with `unswift calibrate`")
+        with safe_open(str(path), framework="pt") as handle:
+            meta = handle.metadata() or {}
+        if meta.get("unswift_stats_format") != str(STATS_FORMAT):
+            raise UsageError(f"'{path}' is not an unswift statistics file (format {STATS_FORMAT})")
+        summary = json.loads(meta["summary"])
+        tensors = load_file(str(path))
+        layers = [
+            LayerStats(**{name: tensors[f"layers.{i}.{name}"] for name in
+                          ("min", "max", "mean", "std", "up_rms", "counts")})
+            for i in range(summary["layers"])
+        ]
+        return cls(layers, summary["tokens"], summary["seed"], summary["source"], summary["text_digest"],
+                   summary["heldout_tokens"], summary["heldout_outside_fraction"], summary["source_digest"])
+
+
+@contextlib.contextmanager
+def _mlp_hooks(checkpoint: Checkpoint, model, sink: Callable[[int, torch.Tensor, torch.Tensor | None], None]
+               ) -> Iterator[None]:
+    """Call sink(unit, g, u) with the pre-activations every MLP unit sees; the hooks are always removed.
+
+    A routed expert's unit only sees the tokens routed to it (see `Adapter.taps`).
+    """
+    handles = []
+    for module, tap in checkpoint.adapter.taps(model):
+        def hook(module, args, kwargs, tap=tap):
+            for index, g, u in tap(module, args, kwargs):
+                sink(index, g.reshape(-1, g.shape[-1]), None if u is None else u.reshape(-1, u.shape[-1]))
+        handles.append(module.register_forward_pre_hook(hook, with_kwargs=True))
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+class _Moments:
+    """Running min / max / mean / M2 per channel in float64 (Chan et al. merge of batch moments)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.min = self.max = self.mean = self.m2 = self.up_sq = None
+
+    def add(self, g: torch.Tensor, u: torch.Tensor | None) -> None:
+        g = g.double()
+        n = g.shape[0]
+        bmin, bmax, bmean = g.min(0).values, g.max(0).values, g.mean(0)
+        bm2 = ((g - bmean) ** 2).sum(0)
+        bup = (u.double() ** 2).sum(0) if u is not None else torch.zeros_like(bmean)
+        if self.count == 0:
+            self.min, self.max, self.mean, self.m2, self.up_sq = bmin, bmax, bmean, bm2, bup
+        else:
+            total = self.count + n
+            delta = bmean - self.mean
+            self.mean = self.mean + delta * n / total
+            self.m2 = self.m2 + bm2 + delta**2 * self.count * n / total
+            self.min, self.max = torch.minimum(self.min, bmin), torch.maximum(self.max, bmax)
+            self.up_sq = self.up_sq + bup
+        self.count += n
+
+
+def _batches(ids: torch.Tensor, size: int) -> Iterator[torch.Tensor]:
+    for start in range(0, ids.shape[0], size):
+        yield ids[start : start + size]
+
+
+@torch.no_grad()
+def calibrate(
+    checkpoint: Checkpoint, *, text: str | Path | None = None, tokens: int = DEFAULT_TOKENS,
+    seed: int = 0, seq_len: int = DEFAULT_SEQ_LEN, bins: int = DEFAULT_BINS, device: str = "cpu",
+    batch_size: int = 8, progress: Callable[[str], None] | None = None, model=None,
+) -> Stats:
+    """Gather per-channel statistics of every MLP's gate pre-activation.
+
+    With a text source and no loaded model, the checkpoint is read one decoder layer at a time (see
+    `_layerwise`): peak memory is one layer plus the hidden states of the calibration tokens, whatever
+    the model's size. Otherwise (text sampled from the model, a model passed in, `device="auto"`, or a
+    family whose decoder layers cannot be rebuilt from the checkpoint's tensors as they are) the whole
+    model runs with hooks on its MLPs. `device="auto"` spreads it over the available devices with
+    accelerate's `device_map="auto"`.
+
+    Args:
+        checkpoint: the source.
+        text: a text file, `.jsonl` (field `text`) or folder of `.txt`; None samples text from the model.
+        tokens: calibration tokens wanted (the last tenth is held out for the range check).
+        seed: seeds the sampled text; the same seed gives the same statistics.
+        device: "cpu", "cuda[:i]", or "auto" (the whole model over every visible device).
+        model: an already loaded source model (float32) to reuse.
+
+    Raises:
+        UsageError: the text source is missing, empty, or needs a tokenizer the checkpoint lacks.
+    """
+    if tokens < 32:
+        raise UsageError(
+            f"--calibration-tokens {tokens} is too small; use at least 32 (default {DEFAULT_TOKENS})")
+    say = progress or (lambda _msg: None)
+    tokenizer = checkpoint.load_tokenizer()
+    layerwise = model is None and text is not None and _reads_layer_by_layer(checkpoint, device)
+    if model is None and not layerwise:
+        model = _load_model(checkpoint, device)
+    if text is not None:
+        token_text: TokenText = load_text(text, tokenizer, tokens=tokens, seq_len=seq_len)
+    else:
+        say(f"sampling {tokens} calibration tokens from the model (seed {seed})")
+        token_text = sample_text(model, tokenizer, kind="calibration", tokens=tokens, seq_len=seq_len,
+                                 seed=seed, cache_key=f"{_source_digest(checkpoint)}/float32")
+    return gather(checkpoint, token_text, model=model, device=device, seed=seed, bins=bins,
+                  batch_size=batch_size, progress=say)
+
+
+def gather(checkpoint: Checkpoint, token_text: TokenText, *, model=None, device: str = "cpu", seed: int = 0,
+           bins: int = DEFAULT_BINS, batch_size: int = 8, progress: Callable[[str], None] | None = None) -> Stats:
+    """The statistics of `token_text`: through `model` with hooks, or, with `model=None`, layer by layer
+    (whole model with hooks for the families `_layerwise_supported` refuses, and for `device="auto"`)."""
+    say = progress or (lambda _msg: None)
+    layerwise = model is None and _reads_layer_by_layer(checkpoint, device)
+    if model is None and not layerwise:
+        model = _load_model(checkpoint, device)
+    ids = token_text.ids
+    heldout = max(1, ids.shape[0] // 10) if ids.shape[0] > 1 else 0
+    fit_ids, held_ids = ids[: ids.shape[0] - heldout], ids[ids.shape[0] - heldout :]
+    if heldout == 0:  # a single sequence: hold out its last tenth of positions instead
+        cut = max(1, ids.shape[1] * 9 // 10)
+        fit_ids, held_ids = ids[:, :cut], ids[:, cut:]
+    units = checkpoint.adapter.units(checkpoint.config)
+    moments = [_Moments() for _ in units]
+    counts: list[torch.Tensor | None] = [None for _ in units]
+    outside = torch.zeros(2, dtype=torch.float64)  # [outside, total] of held-out activations
+    mode = ["off"]  # what the hooks do now: "moments", "histogram", "heldout" or "off"
+
+    def sink(index: int, g: torch.Tensor, u: torch.Tensor | None) -> None:
+        if mode[0] == "moments":
+            moments[index].add(g, u)
+            return
+        m = moments[index]
+        g = g.double().cpu()
+        if mode[0] == "heldout":
+            outside[0] += ((g < m.min) | (g > m.max)).sum()
+            outside[1] += g.numel()
+        elif mode[0] == "histogram":
+            width = (m.max - m.min).clamp(min=1e-12)
+            index_in = ((g - m.min) / width * bins).long().clamp(0, bins - 1)
+            flat = index_in + torch.arange(g.shape[1]) * bins
+            found = torch.bincount(flat.flatten(), minlength=g.shape[1] * bins).view(-1, bins).double()
+            counts[index] = found if counts[index] is None else counts[index] + found
+
+    def check_seen(indices) -> None:
+        unseen = [units[i].name for i in indices if moments[i].count == 0]
+        if unseen:
+            raise UsageError(
+                f"{len(unseen)} MLP unit(s) received no calibration tokens (first: '{unseen[0]}'); an expert's "
+                "statistics come only from the tokens routed to it: pass more --calibration-tokens or more "
+                "varied text"
+            )
+
+    if layerwise:
+        say(f"calibration, one decoder layer at a time, over {fit_ids.numel()} tokens "
+            f"(+{held_ids.numel()} held out)")
+        _layerwise(checkpoint, fit_ids, held_ids, batch_size=batch_size, device=device, mode=mode, sink=sink,
+                   check_seen=check_seen, progress=say)
+    else:
+        first_device = _input_device(model)
+        say(f"calibration pass 1/2 over {fit_ids.numel()} tokens")
+        with _mlp_hooks(checkpoint, model, sink):
+            mode[0] = "moments"
+            for batch in _batches(fit_ids, batch_size):
+                model(input_ids=batch.to(first_device))
+            check_seen(range(len(units)))
+            say("calibration pass 2/2 (histograms, held-out range check)")
+            mode[0] = "histogram"
+            for batch in _batches(fit_ids, batch_size):
+                model(input_ids=batch.to(first_device))
+            mode[0] = "heldout"
+            for batch in _batches(held_ids, batch_size):
+                model(input_ids=batch.to(first_device))
+            mode[0] = "off"
+    stats_layers = []
+    for m, c in zip(moments, counts, strict=True):
+        std = (m.m2 / max(m.count - 1, 1)).sqrt()
+        stats_layers.append(LayerStats(
+            min=m.min.float().cpu(), max=m.max.float().cpu(), mean=m.mean.float().cpu(),
+            std=std.float().cpu(), up_rms=(m.up_sq / m.count).sqrt().float().cpu(),
+            counts=(c if c is not None else torch.zeros(m.mean.shape[0], bins, dtype=torch.float64)).float(),
+        ))
+    return Stats(
+        layers=stats_layers, tokens=int(fit_ids.numel()), seed=seed, source=token_text.source,
+        text_digest=token_text.digest, heldout_tokens=int(held_ids.numel()),
+        heldout_outside_fraction=float(outside[0] / outside[1].clamp(min=1)),
+        source_digest=_source_digest(checkpoint),
+    )
+
+
+def _load_model(checkpoint: Checkpoint, device: str):
+    """The whole source model in float32: on one device, or over all of them with `device="auto"`.
+
+    `device_map="auto"` (accelerate) places whole decoder layers on the visible GPUs (then CPU) and moves
+    activations between them; the hooks read pre-activations wherever they are. CI runs this path on a
+    machine without GPUs (everything lands on the CPU); no multi-GPU machine has run it.
+    """
+    if device != "auto":
+        return checkpoint.load_model(torch.float32, device)
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(checkpoint.path, dtype=torch.float32, device_map="auto").eval()
+
+
+def _input_device(model) -> torch.device:
+    return model.get_input_embeddings().weight.device
+
+
+# -- one decoder layer at a time ------------------------------------------------------------------
+
+
+def _decoder_layers(model, checkpoint: Checkpoint) -> torch.nn.ModuleList:
+    root = model
+    for part in checkpoint.adapter.layers_prefix.split("."):
+        root = getattr(root, part)
+    return root
+
+
+def _skeleton(checkpoint: Checkpoint):
+    """The source model's modules on the meta device (no memory), as transformers builds them."""
+    from transformers import AutoModelForCausalLM
+
+    with torch.device("meta"):
+        return AutoModelForCausalLM.from_config(checkpoint.config, dtype=torch.float32).eval()
+
+
+def _outside_tensors(model, checkpoint: Checkpoint) -> dict[str, torch.nn.Module]:
+    """Modules outside the decoder layers that own tensors the forward up to the layers needs.
+
+    The output head is left out: it never runs (the decoder layers' inputs are all calibration needs).
+    """
+    inside = {id(m) for m in _decoder_layers(model, checkpoint).modules()}
+    head = model.get_output_embeddings()
+    skip = set() if head is None else {id(m) for m in head.modules()}
+    return {name: module for name, module in model.named_modules()
+            if id(module) not in inside and id(module) not in skip
+            and (list(module.parameters(recurse=False)) or list(module.buffers(recurse=False)))}
+
+
+def _reads_layer_by_layer(checkpoint: Checkpoint, device: str) -> bool:
+    """Whether statistics are gathered one decoder layer at a time (else the whole model runs with hooks)."""
+    return device != "auto" and _layerwise_supported(checkpoint)
+
+
+def _layerwise_supported(checkpoint: Checkpoint) -> bool:
+    """Whether the decoder layers (and what runs before them) can be read from the checkpoint as they are.
+
+    Families whose files transformers converts on load (experts stored one by one but packed in
+    memory, renamed blocks) are calibrated through the whole model instead.
+    """
+    try:
+        model = _skeleton(checkpoint)
+    except (ValueError, TypeError, RuntimeError, ImportError, KeyError):
+        return False
+    wanted = {}
+    for i, layer in enumerate(_decoder_layers(model, checkpoint)):
+        wanted.update({f"{checkpoint.adapter.layers_prefix}.{i}.{k}": v for k, v in layer.state_dict().items()})
+    for name, module in _outside_tensors(model, checkpoint).items():
+        persistent = module.state_dict(keep_vars=True)
+        own = dict(module.named_parameters(recurse=False)) | {
+            k: b for k, b in module.named_buffers(recurse=False) if k in persistent}
+        wanted.update({f"{name}.{k}" if name else k: v for k, v in own.items()})
+    return all(checkpoint.has(key) and tuple(_shape(checkpoint, key)) == tuple(t.shape) for key, t in wanted.items())
+
+
+def _shape(checkpoint: Checkpoint, key: str) -> list[int]:
+    from safetensors import safe_open
+
+    with safe_open(checkpoint.key_to_file[key], framework="pt") as handle:
+        return handle.get_slice(key).get_shape()
+
+
+def _materialise(model, module: torch.nn.Module, tensors: dict[str, torch.Tensor], *, strict: bool) -> None:
+    """Load `tensors` into a meta `module` and rebuild its computed (non-persistent) buffers."""
+    module.load_state_dict(tensors, assign=True, strict=strict)
+    for sub in module.modules():
+        computed = [name for name, b in sub.named_buffers(recurse=False) if b is not None and b.is_meta]
+        if not computed:
+            continue
+        for name in computed:
+            sub.register_buffer(name, torch.empty_like(getattr(sub, name), device="cpu"),
+                                persistent=name not in sub._non_persistent_buffers_set)
+        # transformers' own init computes rotary frequencies and embedding scales, and may also re-draw the
+        # weights the module owns: those are set aside (meta stand-ins absorb the init) and put back.
+        loaded = dict(sub.named_parameters(recurse=False))
+        for name, tensor in loaded.items():
+            setattr(sub, name, torch.nn.Parameter(torch.empty_like(tensor, device="meta"), requires_grad=False))
+        model._init_weights(sub)
+        for name, tensor in loaded.items():
+            setattr(sub, name, tensor)
+    left = [n for n, t in [*module.named_parameters(recurse=strict), *module.named_buffers(recurse=strict)]
+            if t.is_meta]
+    if left:
+        raise RuntimeError(f"calibration could not rebuild {left[0]!r} of {type(module).__name__}")
+
+
+class _Catcher(torch.nn.Module):
+    """Stands in for decoder layer `index`: records the arguments the model passes it, returns its input."""
+
+    def __init__(self, index: int, calls: dict, template: torch.nn.Module) -> None:
+        super().__init__()
+        self.index, self.calls = index, calls
+        for name in ("attention_type", "is_block_boundary", "layer_idx", "is_sliding"):  # read by some loops
+            if hasattr(template, name):
+                setattr(self, name, getattr(template, name))
+
+    def forward(self, hidden_states, *args, **kwargs):
+        self.calls[self.index] = (args, kwargs)
+        if self.index == 0:
+            self.calls["input"] = hidden_states
+        return hidden_states
+
+
+def _layerwise(checkpoint: Checkpoint, fit_ids: torch.Tensor, held_ids: torch.Tensor, *, batch_size: int,
+               device: str, mode: list[str], sink, check_seen, progress) -> None:
+    """Run the calibration passes one decoder layer at a time, reading each layer from the checkpoint.
+
+    The model's own forward runs once per batch with every decoder layer replaced by a stand-in that
+    records the layer's arguments (position embeddings, masks per layer type) and the embeddings. Then,
+    per layer: its tensors are read, pass 1 (moments) and pass 2 (histograms, held-out check) run on the
+    same stored inputs, its outputs become the next layer's inputs, and the layer is freed. Memory: one
+    layer, plus the hidden states of every calibration token twice (inputs and outputs).
+    """
+    model = _skeleton(checkpoint)
+    layers = _decoder_layers(model, checkpoint)
+    prefix = checkpoint.adapter.layers_prefix + "."
+    outside = _outside_tensors(model, checkpoint)
+    for name, module in outside.items():
+        persistent = set(module.state_dict())
+        own = [k for k, _ in [*module.named_parameters(recurse=False), *module.named_buffers(recurse=False)]
+               if k in persistent]
+        _materialise(model, module, {k: checkpoint.tensor(f"{name}.{k}" if name else k).float() for k in own},
+                     strict=False)
+        module.to(device)
+    templates = list(layers)
+    count = len(templates)
+    calls: dict = {}
+    for i in range(count):
+        layers[i] = _Catcher(i, calls, templates[i])
+    batches = [("fit", b) for b in _batches(fit_ids, batch_size)]
+    batches += [("held", b) for b in _batches(held_ids, batch_size)]
+    base = getattr(model, model.base_model_prefix)
+    states, arguments = [], []
+    for _, batch in batches:
+        base(input_ids=batch.to(device), use_cache=False)
+        states.append(calls.pop("input"))
+        arguments.append([calls.pop(i) for i in range(count)])
+    for module in outside.values():
+        module.to("meta")  # the embeddings are no longer needed: free them
+    for i in range(count):
+        layers[i] = templates[i]  # the hooks find every unit; only the layer being calibrated ever runs
+    units = checkpoint.adapter.units(checkpoint.config)
+    for i in range(count):
+        layer = templates[i]
+        _materialise(model, layer, {name: checkpoint.tensor(f"{prefix}{i}.{name}").float()
+                                    for name in layer.state_dict()}, strict=True)
+        layer.to(device)
+        with _mlp_hooks(checkpoint, model, sink):
+            outputs = []
+            for (kind, _), state, args in zip(batches, states, arguments, strict=True):
+                mode[0] = "moments" if kind == "fit" else "off"
+                outputs.append(layer(state, *args[i][0], **args[i][1]))
+            check_seen([u.index for u in units if u.layer == i])
+            for (kind, _), state, args in zip(batches, states, arguments, strict=True):
+                mode[0] = "histogram" if kind == "fit" else "heldout"
+                layer(state, *args[i][0], **args[i][1])
+            mode[0] = "off"
+        states = outputs
+        layer.to("meta")  # frees the layer's memory
+        progress(f"  layer {i + 1}/{count} calibrated")
+
+
+def _source_digest(checkpoint: Checkpoint) -> str:
+    from packager.formats.files import sha256_text
+
+    return sha256_text(json.dumps(checkpoint.file_digests(), sort_keys=True))

@@ -1,0 +1,242 @@
+"""Fidelity of a release against its source: teacher-forced agreement, KL, perplexity, greedy match.
+
+Every figure is reported next to a noise floor: the same metrics between the reference and the
+reference computed a second, mathematically identical way (eager attention instead of SDPA, one
+sequence at a time), so a release is read against the numerical noise of the platform.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from packager.errors import CheckFailed, UsageError
+from packager.formats.checkpoint import Checkpoint
+from packager.stages.text import TokenText, builtin_prompts, encode_prompt, load_text, sample_text
+
+DEFAULT_EVAL_TOKENS = 8192
+DEFAULT_SEQ_LEN = 512
+GREEDY_TOKENS = 64
+#: Eval text is sampled with this offset added to the seed, so it never shares a seed with calibration.
+EVAL_SEED_OFFSET = 1000
+
+
+@dataclass
+class Agreement:
+    """Running teacher-forced comparison of two models over the same tokens."""
+
+    tokens: int = 0
+    top1_same: int = 0
+    kl_sum: float = 0.0
+    nll_reference: float = 0.0
+    nll_release: float = 0.0
+
+    def add(self, reference_logits: torch.Tensor, release_logits: torch.Tensor, labels: torch.Tensor) -> None:
+        ref = reference_logits.float().log_softmax(-1)
+        rel = release_logits.float().log_softmax(-1)
+        self.tokens += labels.numel()
+        self.top1_same += int((ref.argmax(-1) == rel.argmax(-1)).sum())
+        self.kl_sum += float((ref.exp() * (ref - rel)).sum(-1).sum())
+        self.nll_reference -= float(ref.gather(-1, labels.unsqueeze(-1)).sum())
+        self.nll_release -= float(rel.gather(-1, labels.unsqueeze(-1)).sum())
+
+    @property
+    def top1_agreement(self) -> float:
+        return self.top1_same / max(self.tokens, 1)
+
+    @property
+    def kl_mean(self) -> float:
+        return max(self.kl_sum / max(self.tokens, 1), 0.0)
+
+    def perplexities(self) -> tuple[float, float]:
+        n = max(self.tokens, 1)
+        return math.exp(self.nll_reference / n), math.exp(self.nll_release / n)
+
+
+@torch.no_grad()
+def compare_logits(reference, release, ids: torch.Tensor, *, batch_size: int = 4,
+                   reference_batch_size: int | None = None) -> Agreement:
+    """Teacher-forced comparison over `ids` [sequences, length]: positions 0..L-2 predict 1..L-1."""
+    agreement = Agreement()
+    device_ref = next(reference.parameters()).device
+    device_rel = next(release.parameters()).device
+    ref_batch = reference_batch_size or batch_size
+    for start in range(0, ids.shape[0], batch_size):
+        batch = ids[start : start + batch_size]
+        ref_logits = torch.cat([reference(input_ids=chunk.to(device_ref)).logits[:, :-1].cpu()
+                                for chunk in batch.split(ref_batch)])
+        rel_logits = release(input_ids=batch.to(device_rel)).logits[:, :-1].cpu()
+        agreement.add(ref_logits, rel_logits, batch[:, 1:])
+    return agreement
+
+
+@torch.no_grad()
+def reference_logits(model, ids: torch.Tensor, *, batch_size: int = 4) -> list[torch.Tensor]:
+    """The source's logits over `ids`, computed once so several candidates can be compared to them."""
+    device = next(model.parameters()).device
+    return [model(input_ids=batch.to(device)).logits[:, :-1].float().cpu() for batch in ids.split(batch_size)]
+
+
+@torch.no_grad()
+def compare_to_logits(reference: list[torch.Tensor], release, ids: torch.Tensor, *, batch_size: int = 4
+                      ) -> Agreement:
+    """Teacher-forced comparison of `release` with logits from `reference_logits` (same batching)."""
+    agreement = Agreement()
+    device = next(release.parameters()).device
+    for ref, batch in zip(reference, ids.split(batch_size), strict=True):
+        agreement.add(ref, release(input_ids=batch.to(device)).logits[:, :-1].cpu(), batch[:, 1:])
+    return agreement
+
+
+@torch.no_grad()
+def greedy_continuations(model, prompts: list[list[int]], new_tokens: int) -> list[list[int]]:
+    device = next(model.parameters()).device
+    outputs = []
+    for prompt in prompts:
+        ids = torch.tensor([prompt], device=device)
+        out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False,
+                             max_new_tokens=new_tokens, min_new_tokens=new_tokens,
+                             pad_token_id=int(getattr(model.config, "pad_token_id", None) or 0))
+        outputs.append(out[0, len(prompt):].tolist())
+    return outputs
+
+
+def matched_prefix(a: list[int], b: list[int]) -> int:
+    count = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        count += 1
+    return count
+
+
+@dataclass(frozen=True)
+class EvalReport:
+    """CONTRACT `eval` fields, plus matched-prefix lengths of the greedy continuations."""
+
+    top1_agreement: float
+    kl_mean: float
+    ppl_reference: float
+    ppl_release: float
+    greedy_match: float | None
+    eval_tokens: int
+    coverage: float
+    order: int
+    noise_floor: dict
+    text_source: str
+    calibration_overlap: bool
+    dtype: str
+    device: str
+    greedy_prefix: dict = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def _dtype(name: str) -> torch.dtype:
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+
+
+def load_release(release_dir: Path, *, dtype: torch.dtype, device: str = "cpu"):
+    """The release through the real transformers loader, exactly as a user loads it."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(release_dir, trust_remote_code=True, dtype=dtype)
+    return model.to(device).eval()
+
+
+def evaluate(
+    release_dir: Path, reference: Checkpoint, *, text: str | Path | None = None,
+    prompts: str | Path | None = None, tokens: int = DEFAULT_EVAL_TOKENS, seq_len: int = DEFAULT_SEQ_LEN,
+    seed: int = 0, dtype: str | None = None, device: str = "cpu", greedy_tokens: int = GREEDY_TOKENS,
+    min_top1: float | None = None, max_kl: float | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> EvalReport:
+    """Measure a release against its source checkpoint.
+
+    Raises:
+        UsageError: the folder is not a release, or the text/prompts cannot be read.
+        CheckFailed: a threshold given as `min_top1` / `max_kl` is missed (the report is attached).
+    """
+    from packager.formats.record import read_record
+
+    say = progress or (lambda _msg: None)
+    record = read_record(release_dir)
+    spec = record["transform"]
+    dtype_name = dtype or spec.get("dtype", "float32")
+    if dtype_name not in ("float32", "bfloat16", "float16"):
+        raise UsageError(f"--dtype {dtype_name!r} is unknown; choose float32, bfloat16 or float16")
+    torch_dtype = _dtype(dtype_name)
+    say(f"loading the reference and the release ({dtype_name}, {device})")
+    from transformers import AutoModelForCausalLM
+
+    ref = AutoModelForCausalLM.from_pretrained(reference.path, dtype=torch_dtype).to(device).eval()
+    ref_eager = AutoModelForCausalLM.from_pretrained(
+        reference.path, dtype=torch_dtype, attn_implementation="eager").to(device).eval()
+    rel = load_release(release_dir, dtype=torch_dtype, device=device)
+    tokenizer = reference.load_tokenizer()
+    if text is not None:
+        eval_text: TokenText = load_text(text, tokenizer, tokens=tokens, seq_len=seq_len)
+    else:
+        say(f"sampling {tokens} eval tokens from the reference (seed {seed + EVAL_SEED_OFFSET})")
+        eval_text = sample_text(ref, tokenizer, kind="eval", tokens=tokens, seq_len=seq_len,
+                                seed=seed + EVAL_SEED_OFFSET,
+                                cache_key=f"{json.dumps(reference.file_digests(), sort_keys=True)}/{dtype_name}")
+    calibration = record.get("calibration") or {}
+    overlap = calibration.get("text_digest") == eval_text.digest or (
+        text is not None and calibration.get("source") == eval_text.source)
+    say(f"teacher-forced comparison over {eval_text.tokens} tokens")
+    agreement = compare_logits(ref, rel, eval_text.ids)
+    floor = compare_logits(ref, ref_eager, eval_text.ids, reference_batch_size=None, batch_size=4)
+    ppl_ref, ppl_rel = agreement.perplexities()
+    greedy, prefix = None, {}
+    if tokenizer is not None:
+        say("greedy continuations of the prompt set")
+        prompt_texts = builtin_prompts("greedy") if prompts is None else _read_prompts(prompts)
+        encoded = [encode_prompt(tokenizer, p) for p in prompt_texts]
+        out_ref = greedy_continuations(ref, encoded, greedy_tokens)
+        out_rel = greedy_continuations(rel, encoded, greedy_tokens)
+        out_eager = greedy_continuations(ref_eager, encoded, greedy_tokens)
+        greedy = sum(a == b for a, b in zip(out_ref, out_rel, strict=True)) / len(encoded)
+        prefix = {"release": [matched_prefix(a, b) for a, b in zip(out_ref, out_rel, strict=True)],
+                  "noise_floor": [matched_prefix(a, b) for a, b in zip(out_ref, out_eager, strict=True)],
+                  "new_tokens": greedy_tokens}
+        floor_greedy = sum(a == b for a, b in zip(out_ref, out_eager, strict=True)) / len(encoded)
+    else:
+        floor_greedy = None
+    report = EvalReport(
+        top1_agreement=agreement.top1_agreement, kl_mean=agreement.kl_mean, ppl_reference=ppl_ref,
+        ppl_release=ppl_rel, greedy_match=greedy, eval_tokens=agreement.tokens,
+        coverage=spec["coverage"], order=spec["order"],
+        noise_floor={"top1_agreement": floor.top1_agreement, "kl_mean": floor.kl_mean,
+                     "greedy_match": floor_greedy, "method": "reference with eager attention vs SDPA"},
+        text_source=eval_text.source, calibration_overlap=bool(overlap), dtype=dtype_name, device=device,
+        greedy_prefix=prefix,
+    )
+    _check_thresholds(report, min_top1=min_top1, max_kl=max_kl)
+    return report
+
+
+def _read_prompts(path: str | Path) -> list[str]:
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"prompts file '{path}' not found: pass a text file with one prompt per line")
+    lines = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    if not lines:
+        raise UsageError(f"prompts file '{path}' is empty")
+    return lines
+
+
+def _check_thresholds(report: EvalReport, *, min_top1: float | None, max_kl: float | None) -> None:
+    misses = []
+    if min_top1 is not None and report.top1_agreement < min_top1:
+        misses.append(f"top-1 agreement {report.top1_agreement:.4f} < --min-top1 {min_top1}")
+    if max_kl is not None and report.kl_mean > max_kl:
+        misses.append(f"KL {report.kl_mean:.5f} > --max-kl {max_kl}")
+    if misses:
+        raise CheckFailed("fidelity below threshold: " + "; ".join(misses), details=report.to_json())
