@@ -14,9 +14,9 @@ import textwrap
 
 import httpx2
 import pytest
-from hub_double import DEFAULT_TOKEN, git_blob_oid
 from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi, snapshot_download
 from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError, RevisionNotFoundError
+from support.hub_double import DEFAULT_TOKEN, git_blob_oid
 
 
 @pytest.fixture

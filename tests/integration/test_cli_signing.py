@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
-from test_signing import RELEASE_FILES, TAMPERS, hub_cache_snapshot, make_release, write_key
+from support.releases import RELEASE_FILES, TAMPERS, hub_cache_snapshot, make_release, write_key
 
 from packager.cli import cli
 from packager.publish import signing
@@ -249,7 +249,7 @@ def test_verify_a_repo_id_checks_the_key_before_downloading(tmp_path, monkeypatc
 
 def test_verify_a_release_pushed_to_the_hub_double(hub_double, signed, keys, tmp_path):
     """The real download path: a Hub cache snapshot (symlinks) plus the Hub's own .gitattributes."""
-    from hub_double import DEFAULT_TOKEN
+    from support.hub_double import DEFAULT_TOKEN
 
     from packager.publish import hub
 

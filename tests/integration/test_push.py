@@ -13,13 +13,13 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from hub_double import DEFAULT_TOKEN, READ_TOKEN, fake_release
+from support.hub_double import DEFAULT_TOKEN, READ_TOKEN, fake_release
 
 from packager.cli import cli
 from packager.errors import UsageError
 from packager.publish import hub
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def release_files(folder: Path) -> dict[str, bytes]:

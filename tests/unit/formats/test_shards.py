@@ -102,7 +102,7 @@ def test_written_release_equals_the_reference_transform_across_reused_buffers(tm
     """Five layers (output memory reused from unit 3 on), tiny shards (many files): every released tensor
     equals the float64 reference transform rounded once to float32, and the record's digests match."""
     from safetensors.torch import load_file
-    from tiny import build_tiny
+    from support.tiny import build_tiny
 
     from packager import api
     from packager.formats.checkpoint import open_checkpoint

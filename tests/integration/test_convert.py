@@ -7,9 +7,9 @@ import json
 import pytest
 import torch
 from click.testing import CliRunner
-from conftest import run_python
 from safetensors import safe_open
-from tiny import build_tiny
+from support.processes import run_python
+from support.tiny import build_tiny
 
 from packager import api
 from packager.cli import cli

@@ -6,8 +6,8 @@ import json
 
 import pytest
 from click.testing import CliRunner
-from conftest import run_python
-from hub_double import DEFAULT_TOKEN
+from support.hub_double import DEFAULT_TOKEN
+from support.processes import run_python
 
 from packager.cli import cli
 from packager.errors import CheckFailed, UsageError

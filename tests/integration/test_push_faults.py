@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from hub_double import HubDouble, fake_release
+from support.hub_double import HubDouble, fake_release
 
 import packager.publish.hub.hub
 from packager.cli import cli

@@ -171,7 +171,7 @@ def test_slowdown_dry_run_and_conflicts(tiny_llama, tmp_path):
 @pytest.mark.parametrize("family", ["llama", "gemma3", "gpt_neox"])
 def test_layer_by_layer_calibration_equals_the_whole_model_with_hooks(family, tmp_path):
     import torch
-    from tiny import build_tiny
+    from support.tiny import build_tiny
 
     from packager.stages import calibrate
     from packager.stages.text import TokenText
@@ -189,7 +189,7 @@ def test_layer_by_layer_calibration_equals_the_whole_model_with_hooks(family, tm
 
 
 def test_mixture_of_experts_files_are_calibrated_through_the_whole_model(tmp_path):
-    from tiny import build_tiny
+    from support.tiny import build_tiny
 
     from packager.stages import calibrate
 
@@ -270,7 +270,7 @@ def test_calibration_through_accelerate_device_map_equals_layer_by_layer(tmp_pat
     """`--device auto` loads the whole model with accelerate's device_map (here every layer lands on the
     CPU: no GPU) and gathers with hooks; its statistics equal the layer-by-layer ones."""
     import torch
-    from tiny import build_tiny
+    from support.tiny import build_tiny
 
     from packager.stages import calibrate
     from packager.stages.text import TokenText
@@ -304,7 +304,7 @@ def test_slowdown_falls_back_to_the_bytes_model_when_timing_would_not_fit(tiny_l
 
 
 def test_slowdown_on_a_mixture_of_experts_is_refused_before_any_work(tmp_path):
-    from tiny import build_tiny
+    from support.tiny import build_tiny
 
     source = build_tiny("mixtral", tmp_path / "mixtral")
     out = tmp_path / "release"

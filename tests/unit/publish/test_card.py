@@ -9,7 +9,7 @@ import re
 
 import pytest
 from huggingface_hub import ModelCard
-from test_signing import make_release, sample_record
+from support.releases import make_release, sample_record
 
 from packager.errors import UsageError
 from packager.publish import card, signing

@@ -10,7 +10,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 from safetensors.torch import load_file, save_file
-from tiny import build_tiny
+from support.tiny import build_tiny
 
 from packager import api
 from packager.cli import cli

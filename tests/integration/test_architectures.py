@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 import torch
 
-TESTS = Path(__file__).resolve().parent
+TESTS = Path(__file__).resolve().parents[1]
 ROOT = TESTS.parent
 RESULTS = ROOT / "build" / "architectures" / "results.json"
 
@@ -82,7 +82,7 @@ def _convert_cases(cases: list[dict], root: Path) -> list[dict]:
     import time
 
     sys.path.insert(0, str(TESTS))
-    from tiny import build_tiny
+    from support.tiny import build_tiny
 
     from packager import api
     from packager.formats.checkpoint import open_checkpoint
