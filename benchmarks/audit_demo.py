@@ -28,11 +28,11 @@ from pathlib import Path
 import torch
 
 from packager import api
+from packager.formats.stats import Stats
 from packager.maths.transform import Hardening
-from packager.stages import convert
+from packager.stages import options as options_module
 from packager.stages.audit import ATTACK_NAMES, LearningBudget, audit
-from packager.stages.calibrate import Stats
-from packager.stages.convert import ConvertOptions
+from packager.stages.options import ConvertOptions
 
 DEMO = Path.home() / ".cache" / "unswift" / "demo" / "SmolLM2-135M-Instruct"
 SECRET = "unswift-audit-demo-secret\n"
@@ -57,12 +57,12 @@ def convert_all(checkpoint: Path, out: Path, stats: Stats, kinds: list[str], win
     for name in kinds:
         start = time.perf_counter()
         if name == "window":  # ConvertOptions has no window option: swap the scheme for this one release
-            convert.ConvertOptions.hardening_scheme = property(lambda _self: Hardening(window=window))
+            options_module.ConvertOptions.hardening_scheme = property(lambda _self: Hardening(window=window))
         try:
             api.convert(checkpoint, out / name, stats=stats, options=KINDS[name][0], secret_file=secret,
                         overwrite=True)
         finally:
-            convert.ConvertOptions.hardening_scheme = scheme
+            options_module.ConvertOptions.hardening_scheme = scheme
         seconds[name] = time.perf_counter() - start
         print(f"converted {name} in {seconds[name]:.0f} s", flush=True)
     return seconds

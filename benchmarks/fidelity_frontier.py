@@ -17,11 +17,13 @@ import time
 import torch
 
 from packager.formats.checkpoint import open_checkpoint
+from packager.formats.stats import Stats
 from packager.maths.transform import boost_channels, select_channels
-from packager.stages.calibrate import Stats
-from packager.stages.convert import ConvertOptions, layer_tensors, plan_layers, release_spec
 from packager.stages.evaluate import EVAL_SEED_OFFSET, compare_to_logits, reference_logits
-from packager.stages.plan.coverage import restore_mlps, swap_in_release_mlps
+from packager.stages.options import ConvertOptions
+from packager.stages.plan.fits import plan_layers
+from packager.stages.swap import install_release_mlps, restore
+from packager.stages.tensors import layer_tensors, release_spec
 from packager.stages.text import sample_text
 
 
@@ -59,12 +61,12 @@ def main() -> None:
                 spec = release_spec(source, stats, options, masks, plans, secret, "float32", boosts)
                 layers = {i: layer_tensors(source, plans, masks, options, secret, i, boosts)
                           for i in range(len(plans))}
-                originals = swap_in_release_mlps(model, source, spec, layers)
+                originals = install_release_mlps(model, source.adapter, spec, layers)
                 try:
                     with torch.no_grad():
                         agreement = compare_to_logits(reference, model, text.ids)
                 finally:
-                    restore_mlps(model, source, originals)
+                    restore(originals)
                 ppl_ref, ppl_rel = agreement.perplexities()
                 print(json.dumps({
                     "fit": fit, "order": order, "coverage": spec["coverage"], "top1": agreement.top1_agreement,

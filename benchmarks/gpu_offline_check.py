@@ -50,7 +50,7 @@ def main() -> None:
 
     from packager import api
     from packager.stages.bench import bench
-    from packager.stages.convert import ConvertOptions
+    from packager.stages.options import ConvertOptions
 
     start = time.perf_counter()
     stats = api.calibrate(source, tokens=1024)

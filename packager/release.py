@@ -1,25 +1,29 @@
 """`release`: calibrate -> convert -> eval -> bench -> audit -> card -> sign -> push, resumable.
 
-Every stage records what it produced in the release folder; a re-run with the same inputs skips the
-stages whose results are already there (a folder converted from the same source with the same options
-is reused, a recorded eval is kept, a valid signature by the same key is kept) and the push is
-idempotent. Everything that can be checked cheaply is checked before the first expensive stage.
+A release is a table of stages (`STAGES`), run in order over one shared state (`_Run`). Every stage
+records what it produced in the release folder, so a re-run with the same inputs skips what is already
+there (a folder converted from the same source with the same options is reused, a recorded eval,
+bench or audit is kept, a valid signature by the same key is kept) and the push is idempotent.
+Everything that can be checked cheaply (options, key, repo id, output folder) is checked before the
+first expensive stage.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from packager.devices import default_device
 from packager.errors import CheckFailed, UsageError
 from packager.formats.checkpoint import Checkpoint, open_checkpoint
-from packager.formats.files import sha256_file, sha256_text
-from packager.formats.record import read_record, update_record
-from packager.stages.convert import ConvertOptions
-
-Progress = Callable[[str], None] | None
+from packager.formats.files import list_files, sha256_file, sha256_text
+from packager.formats.names import RECORD, SIGNATURE
+from packager.formats.record import read_record, record_measurement, update_record
+from packager.progress import Progress, reporter
+from packager.stages.options import ConvertOptions
 
 
 @dataclass(frozen=True)
@@ -38,6 +42,8 @@ class PublishOptions:
 
 @dataclass
 class ReleaseReport:
+    """What each stage did ("done", "skipped (...)") and the fields `unswift release --json` prints."""
+
     release_dir: Path
     stages: dict[str, str] = field(default_factory=dict)
     fields: dict = field(default_factory=dict)
@@ -46,24 +52,43 @@ class ReleaseReport:
         return {"release_dir": str(self.release_dir), "stages": self.stages, **self.fields}
 
 
-def release_inputs(checkpoint: Checkpoint, options: ConvertOptions, *, calibration: str | Path | None,
-                   calibration_tokens: int, calibration_seed: int, stats: str | Path | None,
-                   secret_id: str) -> str:
-    """Digest of everything that determines the converted folder: a match means it can be reused."""
-    calibration_digest = None
-    if calibration is not None:
-        path = Path(calibration)
-        files = sorted(path.rglob("*")) if path.is_dir() else [path]
-        calibration_digest = sha256_text(json.dumps([sha256_file(f) for f in files if f.is_file()]))
-    return sha256_text(json.dumps({
-        "source": checkpoint.file_digests(), "options": options.__dict__, "calibration": calibration_digest,
-        "calibration_tokens": calibration_tokens, "calibration_seed": calibration_seed,
-        "stats": sha256_file(Path(stats)) if stats else None, "secret": secret_id,
-    }, sort_keys=True, default=str))
+@dataclass(frozen=True)
+class CalibrationInputs:
+    """Where the calibration comes from: a statistics file, or text (file or self-sampled) and its size."""
+
+    text: str | Path | None = None
+    tokens: int = 16384
+    seed: int = 0
+    stats: str | Path | None = None
+
+
+@dataclass
+class _Run:
+    """What every stage of one release reads and writes."""
+
+    source: Checkpoint
+    out: Path
+    options: ConvertOptions
+    publish: PublishOptions
+    calibration: CalibrationInputs
+    signing_key: object | None
+    secret: object
+    inputs: str
+    reuse: bool
+    eval_tokens: int
+    thresholds: dict
+    measure: dict  # {"bench": bool, "audit": bool}
+    show_progress: bool
+    progress: Progress
+    report: ReleaseReport
+
+    @property
+    def say(self) -> Callable[[str], None]:
+        return reporter(self.progress)
 
 
 def release(
-    checkpoint: str | Path, *, out: str | Path | None = None, options: ConvertOptions | None = None,
+    checkpoint: str | Path | Checkpoint, *, out: str | Path | None = None, options: ConvertOptions | None = None,
     publish: PublishOptions | None = None, key: str | Path | None = None, calibration: str | Path | None = None,
     calibration_tokens: int = 16384, calibration_seed: int = 0, stats: str | Path | None = None,
     secret_file: str | Path | None = None, min_top1: float | None = None, max_kl: float | None = None,
@@ -78,116 +103,168 @@ def release(
         CheckFailed: `min_top1` / `max_kl` missed (before anything is pushed).
         HubError: a network or Hub failure; re-running resumes.
     """
-    from packager import api
+    run = _prepare(checkpoint, out=out, options=options, publish=publish, key=key,
+                   calibration=CalibrationInputs(calibration, calibration_tokens, calibration_seed, stats),
+                   secret_file=secret_file, overwrite=overwrite, eval_tokens=eval_tokens,
+                   thresholds={"min_top1": min_top1, "max_kl": max_kl}, measure={"bench": bench, "audit": audit},
+                   progress=progress, show_progress=show_progress)
+    for name, stage in STAGES:
+        run.report.stages[name] = stage(run)
+    return run.report
+
+
+def _prepare(checkpoint, *, out, options, publish, key, calibration: CalibrationInputs, secret_file, overwrite,
+             eval_tokens, thresholds, measure, progress, show_progress) -> _Run:
+    """Every cheap check, before the first expensive stage; the secret is created now so a re-run finds it."""
     from packager.formats.secret import resolve_secret
     from packager.maths.transform import secret_id
-    from packager.publish import signing
 
-    say = progress or (lambda _msg: None)
     options = options or ConvertOptions()
     options.validate()
     publish = publish or PublishOptions(repo=None)
-    source = open_checkpoint(checkpoint)
+    source = checkpoint if isinstance(checkpoint, Checkpoint) else open_checkpoint(checkpoint)
     out = Path(out) if out else Path("releases") / source.name.split("/")[-1]
     signing_key = _load_key(key, pushing=publish.repo is not None)
     if publish.repo is not None:
-        from packager.publish.hub import _check_repo_id  # validate before any work
+        from packager.publish.hub import check_repo_id
 
-        _check_repo_id(publish.repo)
-    secret = resolve_secret(secret_file, out)  # created (0600, beside `out`) now, so a resume finds it
+        check_repo_id(publish.repo)
+    secret = resolve_secret(secret_file, out)
     if secret.origin == "new":
-        say(f"new hardening secret written to {secret.path} (mode 0600); keep it, never publish it")
-    inputs = release_inputs(source, options, calibration=calibration, calibration_tokens=calibration_tokens,
-                            calibration_seed=calibration_seed, stats=stats, secret_id=secret_id(secret.value))
-    report = ReleaseReport(out)
+        reporter(progress)(f"new hardening secret written to {secret.path} (mode 0600); keep it, never publish it")
+    inputs = release_inputs(source, options, calibration, secret_id=secret_id(secret.value))
     reuse = _reusable(out, inputs)
     if out.exists() and not reuse and not overwrite:
         raise UsageError(f"output folder '{out}' exists and was made from other inputs; pass --overwrite "
                          "to replace it (a folder from the same inputs is resumed)")
+    return _Run(source, out, options, publish, calibration, signing_key, secret, inputs, reuse, eval_tokens,
+                thresholds, measure, show_progress, progress, ReleaseReport(out))
 
-    if reuse:
-        report.stages["convert"] = "skipped (recorded inputs match)"
-        say(f"resuming {out}: its recorded inputs match")
-    else:
-        say("calibrate + convert")
-        api.convert(source, out, stats=stats, options=options, calibration=calibration,
-                    calibration_tokens=calibration_tokens, calibration_seed=calibration_seed,
-                    secret_file=secret.path if secret.origin != "env" else None, overwrite=True, progress=progress)
-        update_record(out, inputs={**read_record(out)["inputs"], "release": inputs})
-        report.stages["convert"] = "done"
-        report.fields["secret_file"] = str(secret.path) if secret.path else None
 
-    record = read_record(out)
-    if record.get("eval") is None:
-        say("eval")
-        measured = api.evaluate(out, source, tokens=eval_tokens, progress=progress)
-        api.record_measurement(out, "eval", measured.to_json())
-        report.stages["eval"] = "done"
-    else:
-        report.stages["eval"] = "skipped (recorded)"
-    evaluation = read_record(out)["eval"]
-    report.fields["eval"] = evaluation
-    _check_thresholds(evaluation, min_top1=min_top1, max_kl=max_kl)
+def release_inputs(checkpoint: Checkpoint, options: ConvertOptions, calibration: CalibrationInputs, *,
+                   secret_id: str) -> str:
+    """Digest of everything that determines the converted folder: a match means it can be reused."""
+    calibration_digest = None
+    if calibration.text is not None:
+        path = Path(calibration.text)
+        files = [path / name for name in list_files(path, follow_symlinks=True)] if path.is_dir() else [path]
+        calibration_digest = sha256_text(json.dumps([sha256_file(f) for f in files]))
+    return sha256_text(json.dumps({
+        "source": checkpoint.file_digests(), "options": options.__dict__, "calibration": calibration_digest,
+        "calibration_tokens": calibration.tokens, "calibration_seed": calibration.seed,
+        "stats": sha256_file(Path(calibration.stats)) if calibration.stats else None, "secret": secret_id,
+    }, sort_keys=True, default=str))
 
-    if bench and not read_record(out).get("bench"):
-        from packager.stages.bench import bench as run_bench
-        from packager.stages.bench import merge_entries
 
-        say("bench")
-        measured = run_bench(out, source, progress=progress)
-        api.record_measurement(out, "bench", merge_entries(read_record(out).get("bench") or [],
-                                                          measured.record_entries()))
-        report.stages["bench"] = "done"
-    else:
-        report.stages["bench"] = "skipped (recorded)" if bench else "skipped (--no-bench)"
+# -- the stages, in order ---------------------------------------------------------------------------------
 
-    if audit and read_record(out).get("audit") is None:
-        say("audit")
-        api.record_measurement(out, "audit", _run_audit(out, source, progress))
-        report.stages["audit"] = "done"
-    elif audit:
-        report.stages["audit"] = "skipped (recorded)"
-    else:
-        report.stages["audit"] = "skipped (--no-audit)"
 
-    if publish.repo is not None:
-        update_record(out, hub={"repo": publish.repo, "tag": publish.tag or f"unswift-{inputs[:12]}"})
-    if signing_key is not None:
-        fingerprint = signing.key_fingerprint(signing_key.public_key())
-        if _signed_by(out, signing_key):
-            report.stages["sign"] = "skipped (valid signature by this key)"
-        else:
-            say("card + sign")
-            signing.sign(out, signing_key)
-            report.stages["sign"] = "done"
-        report.fields["key_fingerprint"] = fingerprint
-    else:
+def _convert(run: _Run) -> str:
+    from packager.stages.convert import convert
+
+    if run.reuse:
+        run.say(f"resuming {run.out}: its recorded inputs match")
+        return "skipped (recorded inputs match)"
+    run.say("calibrate + convert")
+    calibration = run.calibration
+    convert(run.source, run.out, stats=calibration.stats, options=run.options, calibration=calibration.text,
+            calibration_tokens=calibration.tokens, calibration_seed=calibration.seed,
+            secret_file=run.secret.path if run.secret.origin != "env" else None, overwrite=True,
+            progress=run.progress)
+    update_record(run.out, inputs={**read_record(run.out)["inputs"], "release": run.inputs})
+    run.report.fields["secret_file"] = str(run.secret.path) if run.secret.path else None
+    return "done"
+
+
+def _eval(run: _Run) -> str:
+    from packager.stages.evaluate import evaluate, threshold_misses
+
+    state = "skipped (recorded)"
+    if read_record(run.out).get("eval") is None:
+        run.say("eval")
+        measured = evaluate(run.out, run.source, tokens=run.eval_tokens, device=default_device(),
+                            progress=run.progress)
+        record_measurement(run.out, "eval", measured.to_json())
+        state = "done"
+    evaluation = read_record(run.out)["eval"]
+    run.report.fields["eval"] = evaluation
+    misses = threshold_misses(evaluation, **run.thresholds)
+    if misses:
+        raise CheckFailed("not pushed: " + "; ".join(misses), details={"eval": evaluation})
+    return state
+
+
+def _bench(run: _Run) -> str:
+    from packager.stages.bench import bench, record_bench
+
+    if not run.measure["bench"]:
+        return "skipped (--no-bench)"
+    if read_record(run.out).get("bench"):
+        return "skipped (recorded)"
+    run.say("bench")
+    record_bench(run.out, bench(run.out, run.source, progress=run.progress))
+    return "done"
+
+
+def _audit(run: _Run) -> str:
+    from packager.stages.audit import audit
+
+    if not run.measure["audit"]:
+        return "skipped (--no-audit)"
+    if read_record(run.out).get("audit") is not None:
+        return "skipped (recorded)"
+    run.say("audit")
+    record_measurement(run.out, "audit", audit(run.out, reference=run.source, progress=run.progress).to_json())
+    return "done"
+
+
+def _sign(run: _Run) -> str:
+    from packager.publish import signing
+
+    if run.publish.repo is not None:
+        tag = run.publish.tag or f"unswift-{run.inputs[:12]}"
+        update_record(run.out, hub={"repo": run.publish.repo, "tag": tag})
+    if run.signing_key is None:
         from packager.publish.card import write_readme
 
-        write_readme(out)
-        report.stages["sign"] = "skipped (no --key; the folder is unsigned)"
+        write_readme(run.out)
+        return "skipped (no --key; the folder is unsigned)"
+    run.report.fields["key_fingerprint"] = signing.key_fingerprint(run.signing_key.public_key())
+    if _signed_by(run.out, run.signing_key):
+        return "skipped (valid signature by this key)"
+    run.say("card + sign")
+    signing.sign(run.out, run.signing_key)
+    return "done"
 
-    if publish.repo is not None:
-        from packager.publish import hub
 
-        tag = read_record(out)["hub"]["tag"]
-        pushed = hub.push(out, publish.repo, tag=tag, private=publish.private, public=not publish.private,
-                          gated=publish.gated, endpoint=publish.endpoint, revision=publish.revision,
-                          create_pr=publish.create_pr, no_xet=publish.no_xet, show_progress=show_progress,
-                          progress=progress)
-        report.fields.update(pushed.to_json())
-        report.stages["push"] = "done" if pushed.new_commit else "already on the Hub"
-    else:
-        report.stages["push"] = "skipped (--no-push)"
-    return report
+def _push(run: _Run) -> str:
+    from packager.publish import hub
+
+    publish = run.publish
+    if publish.repo is None:
+        return "skipped (--no-push)"
+    pushed = hub.push(run.out, publish.repo, tag=read_record(run.out)["hub"]["tag"], private=publish.private,
+                      public=not publish.private, gated=publish.gated, endpoint=publish.endpoint,
+                      revision=publish.revision, create_pr=publish.create_pr, no_xet=publish.no_xet,
+                      show_progress=run.show_progress, progress=run.progress)
+    run.report.fields.update(pushed.to_json())
+    return "done" if pushed.new_commit else "already on the Hub"
+
+
+#: The pipeline, in order: (name in the report, stage). Each returns what it did, in words.
+STAGES: tuple[tuple[str, Callable[[_Run], str]], ...] = (
+    ("convert", _convert), ("eval", _eval), ("bench", _bench), ("audit", _audit), ("sign", _sign),
+    ("push", _push),
+)
+
+
+# -- helpers ----------------------------------------------------------------------------------------------
 
 
 def _load_key(key: str | Path | None, *, pushing: bool):
-    import os
-
     from packager.publish import signing
 
-    if key is None and not os.environ.get("UNSWIFT_SIGNING_KEY"):
+    if key is None and not os.environ.get(signing.KEY_ENV):
         if pushing:
             raise UsageError("a pushed release must be signed: pass --key KEY or set UNSWIFT_SIGNING_KEY",
                              hint="create a key with `unswift keygen --out publisher.pem`")
@@ -196,7 +273,7 @@ def _load_key(key: str | Path | None, *, pushing: bool):
 
 
 def _reusable(out: Path, inputs: str) -> bool:
-    if not (out / "unswift.json").is_file():
+    if not (out / RECORD).is_file():
         return False
     try:
         return read_record(out).get("inputs", {}).get("release") == inputs
@@ -207,26 +284,9 @@ def _reusable(out: Path, inputs: str) -> bool:
 def _signed_by(out: Path, key) -> bool:
     from packager.publish import signing
 
-    if not (out / "model.sig").is_file():
+    if not (out / SIGNATURE).is_file():
         return False
     try:
         return signing.verify(out, key.public_key()).verified
     except (UsageError, CheckFailed):
         return False
-
-
-def _check_thresholds(evaluation: dict, *, min_top1: float | None, max_kl: float | None) -> None:
-    misses = []
-    if min_top1 is not None and evaluation["top1_agreement"] < min_top1:
-        misses.append(f"top-1 agreement {evaluation['top1_agreement']:.4f} < --min-top1 {min_top1}")
-    if max_kl is not None and evaluation["kl_mean"] > max_kl:
-        misses.append(f"KL {evaluation['kl_mean']:.5f} > --max-kl {max_kl}")
-    if misses:
-        raise CheckFailed("not pushed: " + "; ".join(misses), details={"eval": evaluation})
-
-
-def _run_audit(out: Path, source: Checkpoint, progress: Progress) -> dict:
-    """The protection audit's record entry: every known attack against this release."""
-    from packager.stages.audit import audit as run_audit
-
-    return run_audit(out, reference=source, progress=progress).to_json()

@@ -101,7 +101,7 @@ def tiny_llama_stats(tiny_llama, tmp_path_factory):
 def tiny_release(tiny_llama, tiny_llama_stats, tmp_path_factory):
     """A default (weighted fit, hardened) order-8 release of `tiny_llama` at full coverage."""
     from packager import api
-    from packager.stages.convert import ConvertOptions
+    from packager.stages.options import ConvertOptions
 
     out = tmp_path_factory.mktemp("release") / "tiny-llama"
     api.convert(tiny_llama, out, stats=tiny_llama_stats, options=ConvertOptions(order=8, coverage=1.0),

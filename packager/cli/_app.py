@@ -1,7 +1,7 @@
 """The click group every command module attaches to, and the shared output conventions.
 
-CONTRACT: human output on stderr; `--json` prints exactly one JSON object on one stdout line, also on
-failure; exit codes 0 / 1 (check failed) / 2 (bad input) / 3 (network, retry may help).
+docs/INTERFACE.md: human output on stderr; `--json` prints exactly one JSON object on one stdout line, also
+on failure; exit codes 0 / 1 (check failed) / 2 (bad input) / 3 (network, retry may help).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Any
 import click
 
 from packager import __version__
-from packager.errors import UnswiftError
+from packager.api import UnswiftError
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})

@@ -8,7 +8,7 @@ from collections.abc import Callable
 import click
 from click.core import ParameterSource
 
-from packager.errors import UsageError
+from packager.api import UsageError
 
 #: Same as packager.stages.calibrate.DEFAULT_TOKENS (a test checks); not imported so `--help` stays fast.
 DEFAULT_TOKENS = 16384
@@ -119,7 +119,7 @@ def build_convert_options(order: int, coverage: str, fit: str, min_top1: float |
         UsageError: conflicting or invalid options; --dry-run on a command that does not plan
             (`allow_dry_run=False`).
     """
-    from packager.stages.convert import ConvertOptions
+    from packager.api import ConvertOptions
 
     ctx = click.get_current_context(silent=True)
     extra = ctx.meta.get(_META, {}) if ctx is not None else {}
@@ -143,9 +143,9 @@ def build_convert_options(order: int, coverage: str, fit: str, min_top1: float |
 
 def report_plan(report, source, options) -> None:
     """Print (and put in the JSON report) what converting `source` with `options` would produce."""
-    from packager.stages.convert import plan
+    from packager import api
 
-    planned = plan(source, options)
+    planned = api.plan(source, options)
     report.update(planned)
     memory = planned["memory"][planned["dtype"]]
     coverage = planned["coverage"]

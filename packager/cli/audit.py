@@ -10,7 +10,7 @@ from packager.cli._app import common_options, main, reporting
 def _units(value: str | None) -> tuple[int, ...] | None:
     if value is None:
         return None
-    from packager.errors import UsageError
+    from packager.api import UsageError
 
     try:
         return tuple(int(part) for part in value.split(",") if part.strip())
@@ -57,12 +57,10 @@ def audit(release, reference, secret_file, max_recovered, attacks, learning_step
     """
     with reporting("audit", as_json=as_json, quiet=quiet, debug=debug) as report:
         from packager import api
-        from packager.stages.audit import ATTACK_NAMES, LearningBudget
-        from packager.stages.audit import audit as run_audit
 
-        budget = LearningBudget(steps=learning_steps, tokens=attacker_tokens, layers=_units(learning_units))
-        result = run_audit(release, reference=reference, secret_file=secret_file, max_recovered=max_recovered,
-                           attacks=attacks or ATTACK_NAMES, learning=budget, kerckhoffs_data=kerckhoffs_data,
+        budget = api.LearningBudget(steps=learning_steps, tokens=attacker_tokens, layers=_units(learning_units))
+        result = api.audit(release, reference=reference, secret_file=secret_file, max_recovered=max_recovered,
+                           attacks=attacks or api.ATTACK_NAMES, learning=budget, kerckhoffs_data=kerckhoffs_data,
                            progress=report.say)
         report.update(result.to_json())
         if record:

@@ -42,19 +42,14 @@ def bench(release, reference, device, dtype, batches, context, steps, prefill_to
       OMP_NUM_THREADS=1 unswift bench releases/model --reference ./ckpt --record
     """
     with reporting("bench", as_json=as_json, quiet=quiet, debug=debug) as report:
-        from packager.stages.bench import DEFAULT_BATCHES, merge_entries
-        from packager.stages.bench import bench as run_bench
+        from packager import api
 
-        result = run_bench(release, reference, device=device, dtype=dtype, batches=batches or DEFAULT_BATCHES,
-                           context=context, steps=steps, prefill_tokens=prefill_tokens, progress=report.say)
+        chosen = {"batches": tuple(batches)} if batches else {}
+        result = api.bench(release, reference, device=device, dtype=dtype, context=context, steps=steps,
+                           prefill_tokens=prefill_tokens, progress=report.say, **chosen)
         report.update(result.to_json())
         if record:
-            from packager import api
-            from packager.formats.record import read_record
-
-            existing = read_record(release).get("bench") or []
-            removed = api.record_measurement(release, "bench", merge_entries(existing, result.record_entries()))
-            if removed:
+            if api.record_bench(release, result):
                 report.say("model.sig removed: the record changed; re-sign with `unswift sign`")
         head = result.headline()
         report.say(f"decode {head.decode_slowdown:.2f}x slower (bytes model {head.predicted_decode_slowdown:.2f}x, "

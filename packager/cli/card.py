@@ -5,7 +5,6 @@ from __future__ import annotations
 import click
 
 from packager.cli._app import common_options, main, reporting
-from packager.publish import card
 
 
 @main.command("card")
@@ -23,7 +22,9 @@ def card_command(release: str, as_json: bool, quiet: bool, debug: bool) -> None:
       unswift card releases/model && unswift sign releases/model --key publisher.pem
     """
     with reporting("card", as_json=as_json, quiet=quiet, debug=debug) as report:
-        result = card.card(release)
+        from packager import api
+
+        result = api.card(release)
         report.update(result.to_json())
         if result.signature_removed:  # shown even with --quiet: the release is now unsigned
             click.echo(f"warning: {result.message()}", err=True)

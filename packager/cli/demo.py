@@ -19,10 +19,9 @@ def demo_checkpoint(out, as_json, quiet, debug):
     from pathlib import Path
 
     with reporting("demo-checkpoint", as_json=as_json, quiet=quiet, debug=debug) as report:
-        from packager.formats.demo import DEMO_BASE_MODEL, DEMO_LICENSE
-        from packager.formats.demo import demo_checkpoint as build
+        from packager import api
 
-        path = build(Path(out) if out else None)
-        report.update({"checkpoint": str(path), "license": DEMO_LICENSE, "base_model": DEMO_BASE_MODEL})
+        path = api.demo_checkpoint(Path(out) if out else None)
+        report.update({"checkpoint": str(path), **api.demo_metadata()})
         if not as_json:
             click.echo(str(path))

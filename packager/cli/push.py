@@ -85,9 +85,9 @@ def push_command(
     """
     env = {"HF_ENDPOINT": endpoint, "HF_HUB_DISABLE_XET": "1" if no_xet else None}
     with reporting("push", as_json=as_json, quiet=quiet, debug=debug) as report, _exported(env):
-        from packager.publish import hub
+        from packager import api
 
-        result = hub.push(
+        result = api.push(
             release,
             repo_id,
             tag=tag,

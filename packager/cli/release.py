@@ -48,19 +48,16 @@ def release(checkpoint, repo, out, no_push, key, tag, private, gated, endpoint, 
         raise click.UsageError("pass --repo ORG/NAME, or --no-push to stop before publishing")
     env = {"HF_ENDPOINT": endpoint, "HF_HUB_DISABLE_XET": "1" if no_xet else None}
     with reporting("release", as_json=as_json, quiet=quiet, debug=debug) as report, _exported(env):
-        from packager.release import PublishOptions
-        from packager.release import release as run_release
+        from packager import api
 
         options = build_convert_options(order, coverage, fit, min_top1, hardening, dtype, license_, base_model,
                                         allocation, allow_dry_run=True)
         if dry_run_requested():  # the plan only: no key, secret, folder or Hub call is touched
-            from packager.formats.checkpoint import open_checkpoint
-
-            report_plan(report, open_checkpoint(checkpoint), options)
+            report_plan(report, api.open_source(checkpoint), options)
             return
-        publish = PublishOptions(repo=None if no_push else repo, tag=tag, private=private, gated=gated,
+        publish = api.PublishOptions(repo=None if no_push else repo, tag=tag, private=private, gated=gated,
                                  endpoint=endpoint, revision=revision, create_pr=create_pr, no_xet=no_xet)
-        result = run_release(checkpoint, out=out, options=options, publish=publish, key=key,
+        result = api.release(checkpoint, out=out, options=options, publish=publish, key=key,
                              calibration=calibration, calibration_tokens=calibration_tokens,
                              calibration_seed=calibration_seed, stats=stats, secret_file=secret_file,
                              min_top1=min_top1, max_kl=max_kl, overwrite=overwrite, eval_tokens=eval_tokens,

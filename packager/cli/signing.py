@@ -7,24 +7,20 @@ Keys are never read from prompts and never printed: the signing key comes from `
 from __future__ import annotations
 
 import os
-import re
 import stat
 from pathlib import Path
 
 import click
 
+from packager import api
+from packager.api import CheckFailed, UsageError
 from packager.cli._app import common_options, main, reporting
-from packager.errors import CheckFailed, UsageError
-from packager.formats.record import read_record
-from packager.publish import signing
-
-_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
 @main.command("keygen")
 @click.option("--out", required=True, type=click.Path(dir_okay=False), metavar="KEY",
               help="Private key file to write (PEM, mode 0600); the public key goes to KEY.pub.")
-@click.option("--curve", type=click.Choice(list(signing.CURVES)), default="P-256", show_default=True,
+@click.option("--curve", type=click.Choice(list(api.CURVES)), default="P-256", show_default=True,
               help="ECDSA curve; P-256 with SHA-256 is what model_signing and most tools expect.")
 @click.option("--overwrite", is_flag=True, help="Replace existing key files (the old key is lost).")
 @common_options
@@ -41,7 +37,7 @@ def keygen_command(out: str, curve: str, overwrite: bool, as_json: bool, quiet: 
       unswift keygen --out ci/publisher.pem --curve P-384 --json
     """
     with reporting("keygen", as_json=as_json, quiet=quiet, debug=debug) as report:
-        pair = signing.generate_key(out, curve=curve, overwrite=overwrite)
+        pair = api.keygen(out, curve=curve, overwrite=overwrite)
         report.update(pair.to_json())
         report.say(f"wrote private key {pair.private_key} (mode 0600: keep it secret, outside any release)")
         report.say(f"wrote public key  {pair.public_key} (publish it outside the model repo)")
@@ -51,7 +47,7 @@ def keygen_command(out: str, curve: str, overwrite: bool, as_json: bool, quiet: 
 @main.command("sign")
 @click.argument("release", type=click.Path(file_okay=False))
 @click.option("--key", default=None, metavar="KEY",
-              help=f"Private key (PEM) from `unswift keygen`. Default: env {signing.KEY_ENV}, a path to the "
+              help=f"Private key (PEM) from `unswift keygen`. Default: env {api.KEY_ENV}, a path to the "
                    "PEM or the PEM text itself.")
 @common_options
 def sign_command(release: str, key: str | None, as_json: bool, quiet: bool, debug: bool) -> None:
@@ -69,7 +65,7 @@ def sign_command(release: str, key: str | None, as_json: bool, quiet: bool, debu
         key_path = key or _env_key_path()
         if key_path is not None and _readable_by_others(key_path):
             report.say(f"warning: signing key '{key_path}' is readable by other users; chmod 600 it")
-        result = signing.sign(release, key)
+        result = api.sign(release, key)
         report.update(result.to_json())
         report.say(f"signed {len(result.files)} files of {result.release_dir} into {result.signature}")
         report.say(f"key fingerprint: {result.key_fingerprint}")
@@ -101,7 +97,7 @@ def verify_command(target: str, key: str | None, revision: str | None, endpoint:
     """
     with reporting("verify", as_json=as_json, quiet=quiet, debug=debug) as report:
         local = Path(target).exists()
-        if not local and not _REPO_ID.match(target):
+        if not local and not api.looks_like_repo_id(target):
             raise UsageError(
                 f"'{target}' is neither an existing release folder nor a Hub repo id ORG/NAME",
                 hint="pass the folder of a downloaded release, or a repo id such as my-org/model",
@@ -112,16 +108,7 @@ def verify_command(target: str, key: str | None, revision: str | None, endpoint:
                 hint="publishers distribute the public key outside the model repo (their website or a keys "
                 "repository); the model card's 'How to verify it' section shows its fingerprint",
             )
-        if local and (revision or endpoint):
-            raise UsageError("--revision and --endpoint apply to a Hub repo id, not to a local folder")
-        public_key = signing.load_public_key(key)  # a bad key fails before any download
-        folder = Path(target)
-        if not local:
-            from packager.publish.hub import download_release
-
-            report.say(f"downloading {target} at {revision or 'main'}")
-            folder = download_release(target, revision=revision, endpoint=endpoint)
-        result = signing.verify(folder, public_key)
+        result = api.verify(target, key, revision=revision, endpoint=endpoint, progress=report.say)
         report.update(result.to_json())
         if not result.verified:
             raise CheckFailed(
@@ -129,13 +116,13 @@ def verify_command(target: str, key: str | None, revision: str | None, endpoint:
                 hint="do not load these files; download the release again or ask the publisher",
                 details=result.to_json(),
             )
-        report.say(f"verified: all {len(result.files)} files of '{target}' match {signing.SIGNATURE_NAME}")
+        report.say(f"verified: all {len(result.files)} files of '{target}' match model.sig")
         report.say(f"signed by key fingerprint {result.key_fingerprint}; compare it with the card")
 
 
 def _env_key_path() -> str | None:
     """The key file named by UNSWIFT_SIGNING_KEY, if it names a file rather than holding PEM text."""
-    value = os.environ.get(signing.KEY_ENV, "").strip()
+    value = os.environ.get(api.KEY_ENV, "").strip()
     return value if value and not value.startswith("-----BEGIN") and Path(value).is_file() else None
 
 
@@ -148,8 +135,5 @@ def _readable_by_others(path: str) -> bool:
 
 def _card_fingerprint(target: str) -> str:
     """For a local release, the fingerprint its record names, so the user knows which key to look for."""
-    try:
-        fingerprint = read_record(Path(target))["signing"]["key_fingerprint"]
-    except (UsageError, OSError, KeyError, TypeError):
-        return ""
+    fingerprint = api.recorded_key_fingerprint(target) if Path(target).is_dir() else None
     return f"; this release names key fingerprint {fingerprint}" if fingerprint else ""

@@ -59,11 +59,10 @@ def convert(checkpoint, out, order, coverage, fit, allocation, min_top1, calibra
     """
     with reporting("convert", as_json=as_json, quiet=quiet, debug=debug) as report:
         from packager import api
-        from packager.formats.checkpoint import open_checkpoint
 
         options = build_convert_options(order, coverage, fit, min_top1, hardening, dtype, license_, base_model,
                                         allocation, allow_dry_run=True)
-        source = open_checkpoint(checkpoint)
+        source = api.open_source(checkpoint)
         if dry_run_requested():
             report_plan(report, source, options)
             return

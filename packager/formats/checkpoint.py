@@ -1,4 +1,4 @@
-"""Open a source checkpoint (local folder, Hub repo id or GGUF file) lazily, tensor by tensor.
+"""Open a source checkpoint (local folder or GGUF file) lazily, tensor by tensor.
 
 Tensors are read from safetensors with `safe_open`, so conversion holds one layer at a time; the full
 model is instantiated only where a forward pass is needed (calibration, evaluation).
@@ -7,10 +7,8 @@ model is instantiated only where a forward pass is needed (calibration, evaluati
 from __future__ import annotations
 
 import json
-import re
-import threading
 from dataclasses import dataclass, field
-from functools import cached_property
+from functools import cache
 from pathlib import Path
 
 import torch
@@ -18,16 +16,17 @@ from safetensors import safe_open
 from transformers import AutoConfig, PretrainedConfig
 
 from packager.errors import UsageError
-from packager.formats.files import sha256_file
+from packager.formats.files import memoised_sha256
+from packager.formats.names import CONFIG, SHARD_INDEX
+from packager.formats.safetensors import read_header
 from packager.maths.architectures import Adapter, adapter_for
+from packager.maths.sizing import TensorSpec
 
-_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 TOKENIZER_FILES = (
     "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
     "vocab.json", "merges.txt", "added_tokens.json", "chat_template.jinja", "chat_template.json",
 )
 LICENSE_PREFIXES = ("LICENSE", "LICENCE", "USE_POLICY", "NOTICE", "COPYING")
-_SAFETENSORS_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "F64": torch.float64}
 
 
 @dataclass(frozen=True)
@@ -67,24 +66,17 @@ class Checkpoint:
     def has(self, key: str) -> bool:
         return key in self.key_to_file
 
-    @cached_property
-    def source_dtype(self) -> torch.dtype:
-        """The dtype of the checkpoint's floating weights (the MLP's), read without loading them."""
-        key = self.adapter.key(0, self.adapter.down)
+    def tensor_slice(self, key: str, index: int) -> torch.Tensor:
+        """`tensor(key)[index]` of a stacked tensor (e.g. one expert), without reading the others."""
         with safe_open(self.key_to_file[key], framework="pt") as handle:
-            return _SAFETENSORS_DTYPES[handle.get_slice(key).get_dtype()]
+            return handle.get_slice(key)[index]
+
+    def tensor_specs(self) -> dict[str, TensorSpec]:
+        """Name, dtype and shape of every tensor, from the safetensors headers (no data is read)."""
+        return _headers(tuple(self.weight_files))
 
     def num_parameters(self) -> int:
-        total = 0
-        for file in self.weight_files:
-            with safe_open(file, framework="pt") as handle:
-                for key in handle.keys():
-                    shape = handle.get_slice(key).get_shape()
-                    count = 1
-                    for size in shape:
-                        count *= size
-                    total += count
-        return total
+        return sum(spec.numel for spec in self.tensor_specs().values())
 
     def file_digests(self) -> dict[str, str]:
         """SHA-256 of the files that define the source: config and weights (names only, no paths).
@@ -92,8 +84,8 @@ class Checkpoint:
         Memoised per file (path, size, mtime) for the process: a release asks several times, and
         `convert.write_release` starts the hashing on a thread of its own while it writes.
         """
-        files = [self.path / "config.json", *self.weight_files]
-        return {f.name: _memoised_sha256(f) for f in files}
+        files = [self.path / CONFIG, *self.weight_files]
+        return {f.name: memoised_sha256(f) for f in files}
 
     def load_model(self, dtype: torch.dtype = torch.float32, device: str = "cpu"):
         from transformers import AutoModelForCausalLM
@@ -110,7 +102,7 @@ class Checkpoint:
 
 
 def _index_weights(path: Path) -> dict[str, Path]:
-    index = path / "model.safetensors.index.json"
+    index = path / SHARD_INDEX
     if index.is_file():
         weight_map = json.loads(index.read_text())["weight_map"]
         return {key: path / file for key, file in weight_map.items()}
@@ -123,8 +115,11 @@ def _index_weights(path: Path) -> dict[str, Path]:
     return mapping
 
 
-def open_checkpoint(spec: str | Path, *, revision: str | None = None) -> Checkpoint:
-    """Open CHECKPOINT as the CLI accepts it: a local folder, a GGUF file or a Hub repo id.
+def open_checkpoint(spec: str | Path, *, name: str | None = None) -> Checkpoint:
+    """Open a local checkpoint: a folder of a transformers checkpoint, or a GGUF file.
+
+    A Hub repo id is downloaded first by `packager.api` (this layer never talks to the network); `name`
+    is then the repo id, recorded instead of the download folder's name.
 
     Raises:
         UsageError: the path does not exist, is not a transformers checkpoint, has no safetensors
@@ -132,21 +127,16 @@ def open_checkpoint(spec: str | Path, *, revision: str | None = None) -> Checkpo
     """
     text = str(spec)
     path = Path(text).expanduser()
-    name = path.name
+    name = name or path.name
     if path.is_file() and path.suffix == ".gguf":
         from packager.formats.gguf import materialise_gguf
 
         path = materialise_gguf(path)
     elif not path.exists():
-        if _REPO_ID.match(text) and not text.startswith((".", "/")):
-            from packager.publish.hub import download_release
-
-            path, name = download_release(text, revision=revision), text
-        else:
-            raise UsageError(f"checkpoint '{text}' not found: expected a local folder or a Hub repo id org/name")
+        raise UsageError(f"checkpoint '{text}' not found: expected a local folder or a Hub repo id org/name")
     if not path.is_dir():
         raise UsageError(f"checkpoint '{text}' is not a folder: pass the folder that holds config.json")
-    if not (path / "config.json").is_file():
+    if not (path / CONFIG).is_file():
         raise UsageError(f"'{text}' is not a transformers checkpoint: it has no config.json")
     try:
         config = AutoConfig.from_pretrained(path)
@@ -165,18 +155,9 @@ def open_checkpoint(spec: str | Path, *, revision: str | None = None) -> Checkpo
     return Checkpoint(path=path, name=name, config=config, adapter=adapter, key_to_file=key_to_file)
 
 
-_DIGESTS: dict[tuple, str] = {}
-_DIGEST_LOCKS: dict[tuple, threading.Lock] = {}
-_REGISTRY_LOCK = threading.Lock()
-
-
-def _memoised_sha256(path: Path) -> str:
-    """sha256_file, once per (path, size, mtime) per process; a second caller waits for the first."""
-    stat = path.stat()
-    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
-    with _REGISTRY_LOCK:
-        lock = _DIGEST_LOCKS.setdefault(key, threading.Lock())
-    with lock:
-        if key not in _DIGESTS:
-            _DIGESTS[key] = sha256_file(path)
-        return _DIGESTS[key]
+@cache
+def _headers(files: tuple[Path, ...]) -> dict[str, TensorSpec]:
+    specs: dict[str, TensorSpec] = {}
+    for file in files:
+        specs.update(read_header(file))
+    return specs

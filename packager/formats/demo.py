@@ -10,7 +10,7 @@ import importlib.util
 from pathlib import Path
 
 from packager.errors import UsageError
-from packager.formats.gguf import cache_root, materialise_gguf
+from packager.formats.files import cache_root
 
 DEMO_LICENSE = "apache-2.0"
 DEMO_BASE_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
@@ -31,4 +31,6 @@ def demo_gguf() -> Path:
 
 def demo_checkpoint(out: Path | None = None) -> Path:
     """Path of the demo checkpoint folder, creating it on first use."""
+    from packager.formats.gguf import materialise_gguf
+
     return materialise_gguf(demo_gguf(), out or cache_root() / "demo" / DEMO_NAME)

@@ -7,11 +7,8 @@ from pathlib import Path
 
 from packager.errors import UsageError
 from packager.formats.atomic import write_text_atomic
-from packager.formats.files import sha256_file
-
-RECORD = "unswift.json"
-#: Files of a release that the payload list leaves out (the card, the record itself, the signature).
-NOT_PAYLOAD = ("README.md", RECORD, "model.sig")
+from packager.formats.files import list_files, sha256_file
+from packager.formats.names import NOT_PAYLOAD, RECORD, SIGNATURE, UNSIGNED
 
 
 def read_record(release_dir: Path) -> dict:
@@ -36,13 +33,26 @@ def update_record(release_dir: Path, **fields) -> dict:
     return record
 
 
+def record_measurement(release_dir: Path, field: str, value) -> bool:
+    """Store a measurement in the record; a signature over the old record is removed, never left stale.
+
+    Returns:
+        True if `model.sig` was removed (the release must be signed again).
+    """
+    update_record(release_dir, **{field: value})
+    signature = Path(release_dir) / SIGNATURE
+    if signature.exists():
+        signature.unlink()
+        return True
+    return False
+
+
 def payload_digests(release_dir: Path, known: dict[str, str] | None = None) -> dict[str, str]:
-    """SHA-256 of every payload file (POSIX relative paths), i.e. all files but card, record, signature.
+    """SHA-256 of every payload file (POSIX relative paths): what the signature covers, less card and record.
 
     `known` holds digests already taken of files as they were written (the shards), which are not read again.
     """
     root = Path(release_dir)
     known = known or {}
-    files = sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith("."))
     return {path: known[path] if path in known else sha256_file(root / path)
-            for path in (p.relative_to(root).as_posix() for p in files) if path not in NOT_PAYLOAD}
+            for path in list_files(root, ignore=UNSIGNED) if path not in NOT_PAYLOAD}

@@ -23,21 +23,11 @@ from pathlib import Path
 
 import torch
 
-SAFETENSORS_DTYPES = {
-    torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
-    torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8",
-    torch.bool: "BOOL",
-}
-_TORCH_DTYPES = {code: dtype for dtype, code in SAFETENSORS_DTYPES.items()}
+from packager.dtypes import SAFETENSORS_CODES
+from packager.formats.names import SHARD_INDEX
+
 #: Bytes handed to write() and the hash at a time (large enough to amortise calls, small enough to interleave).
 CHUNK_BYTES = 8 * 1024**2
-
-
-def safetensors_dtype(code: str) -> torch.dtype:
-    """The torch dtype of a safetensors dtype code (F32, BF16, I64, ...)."""
-    if code not in _TORCH_DTYPES:
-        raise ValueError(f"safetensors dtype {code} is not supported here; supported: {', '.join(_TORCH_DTYPES)}")
-    return _TORCH_DTYPES[code]
 
 
 @dataclass(frozen=True)
@@ -80,9 +70,9 @@ def header_bytes(entries: list[Entry], metadata: dict[str, str]) -> bytes:
     """The length prefix and JSON header of one shard holding `entries` (already laid out)."""
     header: dict = {"__metadata__": metadata}
     for entry in entries:
-        if entry.dtype not in SAFETENSORS_DTYPES:
+        if entry.dtype not in SAFETENSORS_CODES:
             raise ValueError(f"tensor '{entry.name}' has dtype {entry.dtype}, which safetensors cannot hold")
-        header[entry.name] = {"dtype": SAFETENSORS_DTYPES[entry.dtype], "shape": list(entry.shape),
+        header[entry.name] = {"dtype": SAFETENSORS_CODES[entry.dtype], "shape": list(entry.shape),
                               "data_offsets": [entry.start, entry.start + entry.nbytes]}
     text = json.dumps(header, separators=(",", ":")).encode()
     text += b" " * (-len(text) % 8)
@@ -151,7 +141,7 @@ class ShardStream:
         if self.count > 1:
             weight_map = {entry.name: self.names[entry.shard] for entry in self.entries}
             index = {"metadata": {"total_size": self.total_bytes}, "weight_map": dict(sorted(weight_map.items()))}
-            (self.folder / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
+            (self.folder / SHARD_INDEX).write_text(json.dumps(index, indent=2) + "\n")
         return dict(self.digests)
 
     def close(self) -> None:

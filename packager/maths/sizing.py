@@ -1,7 +1,7 @@
 """The bytes model: what one decoded token reads, what a release weighs, what a user needs to run it.
 
 Decoding one token at a small batch is bound by memory traffic: every weight is read once per step,
-so the bytes a step reads predict its time. CONTRACT ("The bytes model") defines them as every tensor
+so the bytes a step reads predict its time. docs/INTERFACE.md ("The bytes model") defines them as every tensor
 at the runtime dtype, except the input-embedding table of which one row per sequence is read, plus the
 KV cache read at the bench's context length. A tied LM head reads the whole table. A routed expert is
 read only when a token is routed to it: its tensors count with the expected share of experts a step
@@ -16,18 +16,12 @@ rows), `theta` ([H, S(N+1) + P]) and an optional `out_bias` (docs/FORMAT.md); ev
 
 from __future__ import annotations
 
-import json
 import re
-import struct
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 
-#: Bytes per element of the runtime dtypes.
-DTYPE_SIZES = {"float32": 4, "bfloat16": 2, "float16": 2}
-_SAFETENSORS_SIZES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "F8_E4M3": 1, "F8_E5M2": 1, "I64": 8, "I32": 4,
-                      "I16": 2, "I8": 1, "U8": 1, "BOOL": 1, "U16": 2, "U32": 4, "U64": 8}
-_FLOATING = {"F64", "F32", "F16", "BF16", "F8_E4M3", "F8_E5M2"}
+from packager.dtypes import CODE_SIZES, FLOATING_CODES, RUNTIME_CODES, RUNTIME_SIZES
+
 #: The input-embedding table, in the layouts of the supported families.
 INPUT_EMBEDDING = re.compile(r"(^|\.)(embed_tokens|embed_in|wte|word_embeddings)\.weight$")
 #: The output projection when it is a tensor of its own (GPT-NeoX calls it embed_out).
@@ -53,30 +47,13 @@ class TensorSpec:
 
     @property
     def floating(self) -> bool:
-        return self.dtype in _FLOATING
+        return self.dtype in FLOATING_CODES
 
     def nbytes(self, dtype: str | None = None) -> int:
         """Bytes at the runtime `dtype` (floating tensors only; others keep theirs), or as stored."""
         if dtype is not None and self.floating:
-            return self.numel * DTYPE_SIZES[dtype]
-        return self.numel * _SAFETENSORS_SIZES[self.dtype]
-
-
-def read_header(file: Path) -> dict[str, TensorSpec]:
-    """The tensors of one safetensors file, from its JSON header (the data is never read)."""
-    with open(file, "rb") as handle:
-        (length,) = struct.unpack("<Q", handle.read(8))
-        header = json.loads(handle.read(length))
-    header.pop("__metadata__", None)
-    return {name: TensorSpec(tuple(entry["shape"]), entry["dtype"]) for name, entry in header.items()}
-
-
-def folder_tensors(folder: Path) -> dict[str, TensorSpec]:
-    """Every tensor of a checkpoint or release folder (sharded or not)."""
-    tensors: dict[str, TensorSpec] = {}
-    for file in sorted(Path(folder).glob("*.safetensors")):
-        tensors.update(read_header(file))
-    return tensors
+            return self.numel * RUNTIME_SIZES[dtype]
+        return self.numel * CODE_SIZES[self.dtype]
 
 
 def _get(config, key: str, default=None):
@@ -131,7 +108,7 @@ def kv_cache_bytes(config, *, dtype: str, context: int, batch: int = 1) -> int:
         kind = layer_types[layer] if layer < len(layer_types) else "full_attention"
         held = min(context, int(window)) if kind == "sliding_attention" and window else context
         total += 2 * kv_heads * head_dim * held
-    return total * batch * DTYPE_SIZES[dtype]
+    return total * batch * RUNTIME_SIZES[dtype]
 
 
 def step_bytes(tensors: Mapping[str, TensorSpec], config, *, dtype: str, context: int, batch: int = 1
@@ -176,7 +153,7 @@ def memory_needed(tensors: Mapping[str, TensorSpec], config, *, context: int = P
     Activations and the framework's own footprint come on top (small next to these at batch 1).
     """
     out = {}
-    for dtype in DTYPE_SIZES:
+    for dtype in RUNTIME_SIZES:
         weights = weight_bytes(tensors, dtype)
         kv = kv_cache_bytes(config, dtype=dtype, context=context)
         out[dtype] = {"weights_bytes": weights, "kv_cache_bytes": kv, "total_bytes": weights + kv,
@@ -242,12 +219,10 @@ class ReleaseSizer:
         self.config = checkpoint.config
         self.dtype = dtype
         self.gated = checkpoint.adapter.gated
-        self.source = {}
-        for file in checkpoint.weight_files:
-            self.source.update(read_header(file))
+        self.source = dict(checkpoint.tensor_specs())
         self.units = unit_shapes(checkpoint, self.source)
         prefixes = checkpoint.adapter.source_prefixes(checkpoint.config)
-        code = {"float32": "F32", "bfloat16": "BF16", "float16": "F16"}[dtype]
+        code = RUNTIME_CODES[dtype]
         self._code = code
         self.copied = {checkpoint.adapter.release_key(name): (TensorSpec(spec.shape, code) if spec.floating else spec)
                        for name, spec in self.source.items() if not name.startswith(prefixes)}
@@ -322,7 +297,7 @@ def plan_json(sizer: ReleaseSizer, order: int, expanded: list[int], *, context: 
 
 def dominant_dtype(tensors: Mapping[str, TensorSpec]) -> str:
     """The runtime dtype name of most floating bytes (a checkpoint's own dtype), float32 if unknown."""
-    names = {"F32": "float32", "BF16": "bfloat16", "F16": "float16"}
+    names = {code: name for name, code in RUNTIME_CODES.items()}
     totals: dict[str, int] = {}
     for spec in tensors.values():
         if spec.dtype in names:

@@ -20,7 +20,7 @@ import torch
 
 from packager.maths.series.activations import Activation
 from packager.maths.series.fit import ChannelFit, fit_taylor, fit_weighted, fit_weighted_orders
-from packager.stages.calibrate import LayerStats
+from packager.maths.statistics import LayerStats
 
 FITS = ("weighted", "taylor")
 #: Range of the secret per-channel scale a_j (log-uniform); powers of two would leave exact copies.

@@ -26,9 +26,13 @@ from pathlib import Path
 
 import torch
 
+from packager.devices import default_device
+from packager.dtypes import RUNTIME
 from packager.errors import UsageError
 from packager.formats.checkpoint import Checkpoint
-from packager.maths.sizing import folder_tensors, predicted_decode_slowdown, step_bytes
+from packager.formats.safetensors import folder_tensors
+from packager.maths.sizing import predicted_decode_slowdown, step_bytes
+from packager.progress import Progress, reporter
 
 #: Tokens held in the KV cache while decode steps are timed (the bytes model uses the same).
 DEFAULT_CONTEXT = 512
@@ -38,7 +42,6 @@ DEFAULT_WARMUP = 3
 #: Tokens of one prefill measurement (all sequences together).
 DEFAULT_PREFILL_TOKENS = 128
 PREFILL_REPEATS = 3
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 @dataclass(frozen=True)
@@ -93,6 +96,14 @@ def merge_entries(existing: Sequence[dict], new: Sequence[dict]) -> list[dict]:
     merged = {key(e): e for e in existing}
     merged.update({key(e): e for e in new})
     return sorted(merged.values(), key=lambda e: (str(e.get("device")), str(e.get("dtype")), e.get("batch") or 0))
+
+
+def record_bench(release_dir: Path, report: BenchReport) -> bool:
+    """Merge a report's entries into the record (one per device, dtype, batch); True if model.sig was removed."""
+    from packager.formats.record import read_record, record_measurement
+
+    existing = read_record(release_dir).get("bench") or []
+    return record_measurement(release_dir, "bench", merge_entries(existing, report.record_entries()))
 
 
 def hardware_name(device: str) -> str:
@@ -260,7 +271,7 @@ def bench(
     release_dir: str | Path, reference: str | Path | Checkpoint, *, device: str | None = None,
     dtype: str | None = None, batches: Sequence[int] = DEFAULT_BATCHES, context: int = DEFAULT_CONTEXT,
     steps: int = DEFAULT_STEPS, warmup: int = DEFAULT_WARMUP, prefill_tokens: int = DEFAULT_PREFILL_TOKENS,
-    progress: Callable[[str], None] | None = None,
+    progress: Progress = None,
 ) -> BenchReport:
     """Measure a release's decode and prefill slowdown against its source, per batch size.
 
@@ -283,24 +294,24 @@ def bench(
     from packager.formats.checkpoint import open_checkpoint
     from packager.formats.record import read_record
 
-    say = progress or (lambda _msg: None)
+    say = reporter(progress)
     release_dir = Path(release_dir)
     record = read_record(release_dir)
     source = reference if isinstance(reference, Checkpoint) else open_checkpoint(reference)
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = device or default_device()
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise UsageError(f"--device {device}: this torch build sees no CUDA device; pass --device cpu")
     if device != "cpu" and not device.startswith("cuda"):
         raise UsageError(f"--device {device!r} is unknown; use cpu or cuda")
     dtype_name = dtype or record["transform"].get("dtype", "float32")
-    if dtype_name not in DTYPES:
-        raise UsageError(f"--dtype {dtype_name!r} is unknown; choose one of {', '.join(DTYPES)}")
+    if dtype_name not in RUNTIME:
+        raise UsageError(f"--dtype {dtype_name!r} is unknown; choose one of {', '.join(RUNTIME)}")
     if not batches or any(b < 1 for b in batches):
         raise UsageError(f"--batch {list(batches)} is invalid: pass sizes >= 1, e.g. --batch 1 --batch 8")
     if context < 1 or steps < 1 or warmup < 0 or prefill_tokens < 1:
         raise UsageError("--context, --steps and --prefill-tokens must be >= 1 (and warm-up >= 0)")
     say(f"loading the reference and the release ({dtype_name}, {device})")
-    ref, rel = _load(release_dir, source, DTYPES[dtype_name], device)
+    ref, rel = _load(release_dir, source, RUNTIME[dtype_name], device)
     vocab = int(ref.config.vocab_size)
     release_tensors = folder_tensors(release_dir)
     source_tensors = folder_tensors(source.path)

@@ -11,95 +11,20 @@ from __future__ import annotations
 import contextlib
 import json
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
 
 from packager.errors import UsageError
 from packager.formats.checkpoint import Checkpoint
-from packager.maths.series.fit import Histogram
+from packager.formats.stats import Stats
+from packager.maths.statistics import LayerStats
+from packager.progress import Progress, reporter
 from packager.stages.text import TokenText, load_text, sample_text
 
-STATS_FORMAT = 1
 DEFAULT_TOKENS = 16384
 DEFAULT_SEQ_LEN = 512
 DEFAULT_BINS = 256
-
-
-@dataclass(frozen=True)
-class LayerStats:
-    """Statistics of one MLP unit's gate pre-activations g (and up projections u), one entry per channel.
-
-    A unit is a dense layer's MLP, a routed expert or a shared expert (`Adapter.units`); `Stats.layers`
-    holds one entry per unit, in that order (for dense models, one per layer).
-    """
-
-    min: torch.Tensor
-    max: torch.Tensor
-    mean: torch.Tensor
-    std: torch.Tensor
-    up_rms: torch.Tensor
-    counts: torch.Tensor  # [channels, bins] over [min, max]
-
-    @property
-    def histogram(self) -> Histogram:
-        return Histogram(self.min.double(), self.max.double(), self.counts.double())
-
-
-@dataclass(frozen=True)
-class Stats:
-    """A calibration: per-layer statistics plus what produced them (recorded in the release)."""
-
-    layers: list[LayerStats]
-    tokens: int
-    seed: int
-    source: str
-    text_digest: str
-    heldout_tokens: int
-    heldout_outside_fraction: float
-    source_digest: str
-
-    def summary(self) -> dict:
-        return {
-            "tokens": self.tokens, "seed": self.seed, "source": self.source, "text_digest": self.text_digest,
-            "heldout_tokens": self.heldout_tokens,
-            "heldout_outside_fraction": self.heldout_outside_fraction,
-            "bins": int(self.layers[0].counts.shape[-1]) if self.layers else 0,
-        }
-
-    def save(self, path: Path) -> None:
-        tensors = {}
-        for i, layer in enumerate(self.layers):
-            for name in ("min", "max", "mean", "std", "up_rms", "counts"):
-                tensors[f"layers.{i}.{name}"] = getattr(layer, name).contiguous()
-        meta = {"format": "pt", "unswift_stats_format": str(STATS_FORMAT), "summary": json.dumps(
-            {**self.summary(), "source_digest": self.source_digest, "layers": len(self.layers)})}
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        save_file(tensors, str(tmp), metadata=meta)
-        tmp.replace(path)
-
-    @classmethod
-    def load(cls, path: Path) -> Stats:
-        from safetensors import safe_open
-
-        if not Path(path).is_file():
-            raise UsageError(f"statistics file '{path}' not found; create it with `unswift calibrate`")
-        with safe_open(str(path), framework="pt") as handle:
-            meta = handle.metadata() or {}
-        if meta.get("unswift_stats_format") != str(STATS_FORMAT):
-            raise UsageError(f"'{path}' is not an unswift statistics file (format {STATS_FORMAT})")
-        summary = json.loads(meta["summary"])
-        tensors = load_file(str(path))
-        layers = [
-            LayerStats(**{name: tensors[f"layers.{i}.{name}"] for name in
-                          ("min", "max", "mean", "std", "up_rms", "counts")})
-            for i in range(summary["layers"])
-        ]
-        return cls(layers, summary["tokens"], summary["seed"], summary["source"], summary["text_digest"],
-                   summary["heldout_tokens"], summary["heldout_outside_fraction"], summary["source_digest"])
 
 
 @contextlib.contextmanager
@@ -156,7 +81,7 @@ def _batches(ids: torch.Tensor, size: int) -> Iterator[torch.Tensor]:
 def calibrate(
     checkpoint: Checkpoint, *, text: str | Path | None = None, tokens: int = DEFAULT_TOKENS,
     seed: int = 0, seq_len: int = DEFAULT_SEQ_LEN, bins: int = DEFAULT_BINS, device: str = "cpu",
-    batch_size: int = 8, progress: Callable[[str], None] | None = None, model=None,
+    batch_size: int = 8, progress: Progress = None, model=None,
 ) -> Stats:
     """Gather per-channel statistics of every MLP's gate pre-activation.
 
@@ -181,7 +106,7 @@ def calibrate(
     if tokens < 32:
         raise UsageError(
             f"--calibration-tokens {tokens} is too small; use at least 32 (default {DEFAULT_TOKENS})")
-    say = progress or (lambda _msg: None)
+    say = reporter(progress)
     tokenizer = checkpoint.load_tokenizer()
     layerwise = model is None and text is not None and _reads_layer_by_layer(checkpoint, device)
     if model is None and not layerwise:
@@ -197,10 +122,10 @@ def calibrate(
 
 
 def gather(checkpoint: Checkpoint, token_text: TokenText, *, model=None, device: str = "cpu", seed: int = 0,
-           bins: int = DEFAULT_BINS, batch_size: int = 8, progress: Callable[[str], None] | None = None) -> Stats:
+           bins: int = DEFAULT_BINS, batch_size: int = 8, progress: Progress = None) -> Stats:
     """The statistics of `token_text`: through `model` with hooks, or, with `model=None`, layer by layer
     (whole model with hooks for the families `_layerwise_supported` refuses, and for `device="auto"`)."""
-    say = progress or (lambda _msg: None)
+    say = reporter(progress)
     layerwise = model is None and _reads_layer_by_layer(checkpoint, device)
     if model is None and not layerwise:
         model = _load_model(checkpoint, device)
@@ -299,13 +224,6 @@ def _input_device(model) -> torch.device:
 # -- one decoder layer at a time ------------------------------------------------------------------
 
 
-def _decoder_layers(model, checkpoint: Checkpoint) -> torch.nn.ModuleList:
-    root = model
-    for part in checkpoint.adapter.layers_prefix.split("."):
-        root = getattr(root, part)
-    return root
-
-
 def _skeleton(checkpoint: Checkpoint):
     """The source model's modules on the meta device (no memory), as transformers builds them."""
     from transformers import AutoModelForCausalLM
@@ -319,7 +237,7 @@ def _outside_tensors(model, checkpoint: Checkpoint) -> dict[str, torch.nn.Module
 
     The output head is left out: it never runs (the decoder layers' inputs are all calibration needs).
     """
-    inside = {id(m) for m in _decoder_layers(model, checkpoint).modules()}
+    inside = {id(m) for m in checkpoint.adapter.decoder_layers(model).modules()}
     head = model.get_output_embeddings()
     skip = set() if head is None else {id(m) for m in head.modules()}
     return {name: module for name, module in model.named_modules()
@@ -343,7 +261,7 @@ def _layerwise_supported(checkpoint: Checkpoint) -> bool:
     except (ValueError, TypeError, RuntimeError, ImportError, KeyError):
         return False
     wanted = {}
-    for i, layer in enumerate(_decoder_layers(model, checkpoint)):
+    for i, layer in enumerate(checkpoint.adapter.decoder_layers(model)):
         wanted.update({f"{checkpoint.adapter.layers_prefix}.{i}.{k}": v for k, v in layer.state_dict().items()})
     for name, module in _outside_tensors(model, checkpoint).items():
         persistent = module.state_dict(keep_vars=True)
@@ -412,7 +330,7 @@ def _layerwise(checkpoint: Checkpoint, fit_ids: torch.Tensor, held_ids: torch.Te
     layer, plus the hidden states of every calibration token twice (inputs and outputs).
     """
     model = _skeleton(checkpoint)
-    layers = _decoder_layers(model, checkpoint)
+    layers = checkpoint.adapter.decoder_layers(model)
     prefix = checkpoint.adapter.layers_prefix + "."
     outside = _outside_tensors(model, checkpoint)
     for name, module in outside.items():

@@ -4,7 +4,7 @@ Streams the source: non-MLP tensors are copied one at a time and each MLP unit i
 own, straight into the release dtype. The shards are laid out before the first tensor is computed and two
 threads write and hash each tensor while the next is computed (`packager.formats.shards`), so memory
 holds about two units' release tensors and one unit's source, whatever the model's size. Written
-atomically (see `release_dir`).
+atomically (see `packager.formats.atomic`).
 """
 
 from __future__ import annotations
@@ -13,95 +13,41 @@ import contextlib
 import json
 import shutil
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 
 import torch
 
 from packager import TRANSFORMERS_RANGE, __version__
+from packager.dtypes import RUNTIME, from_code, runtime_name
 from packager.errors import UsageError
-from packager.formats.atomic import atomic_folder
+from packager.formats.atomic import atomic_folder, check_output
 from packager.formats.checkpoint import Checkpoint
+from packager.formats.names import CONFIG, FORMAT_VERSION, GENERATION_CONFIG, RUNTIME_FILES
 from packager.formats.record import payload_digests, write_record
-from packager.formats.secret import Secret
-from packager.formats.shards import Entry, ShardStream, safetensors_dtype
+from packager.formats.secret import Secret, resolve_secret
+from packager.formats.shards import Entry, ShardStream
+from packager.formats.stats import Stats
 from packager.maths.architectures import Unit
-from packager.maths.series.activations import get_activation
 from packager.maths.transform import (
-    FITS,
     ChannelGroup,
-    Hardening,
     LayerPlan,
     OutputBuffers,
     SourceMLP,
-    allocation_orders,
     assemble,
     boost_channels,
-    fit_layer,
-    secret_id,
-    unit_groups,
 )
-from packager.stages.calibrate import Stats
+from packager.progress import Progress, reporter
+from packager.stages import plan as planning
+from packager.stages.calibrate import DEFAULT_TOKENS
+from packager.stages.calibrate import calibrate as run_calibration
+from packager.stages.options import ConvertOptions
+from packager.stages.tensors import channel_groups_of, mlp_units, release_spec
 
-FORMAT_VERSION = 1
-RUNTIME_DIR = Path(__file__).resolve().parents[1] / "runtime"
-RUNTIME_FILES = ("configuration_unswift.py", "modeling_unswift.py")
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-DEFAULT_SHARD_BYTES = 2 * 1024**3
-ALLOCATIONS = ("boost", "uniform")
-#: Highest series order accepted: `--slowdown` needs high orders to reach large slowdowns on small models.
-MAX_ORDER = 128
-#: `--slowdown` accepts (1, MAX_SLOWDOWN].
-MAX_SLOWDOWN = 64.0
-
-
-@dataclass(frozen=True)
-class ConvertOptions:
-    """Every option that changes a byte of the release (recorded in config.json["unswift"]).
-
-    `slowdown` (when set) asks for that decode slowdown: order and coverage are then chosen by
-    `packager.stages.plan.slowdown`, and `order`/`coverage` hold the choice once it is made.
-    """
-
-    order: int = 8
-    coverage: float | None = None  # None: auto
-    slowdown: float | None = None  # None: order and coverage as given
-    fit: str = "weighted"
-    allocation: str = "boost"  # "boost": per-channel orders N-1 / 2N at the bytes of order N (weighted fit)
-    hardening: bool = True
-    dtype: str | None = None  # None: the source's
-    min_top1: float = 0.995
-    license: str | None = None
-    base_model: str | None = None
-    max_shard_bytes: int = DEFAULT_SHARD_BYTES
-
-    def validate(self) -> None:
-        """Raise UsageError for an impossible option before any work is done."""
-        if not isinstance(self.order, int) or self.order < 1:
-            raise UsageError(f"--order {self.order} is invalid: the series needs order >= 1")
-        if self.order > MAX_ORDER:
-            raise UsageError(f"--order {self.order} is too large: use at most {MAX_ORDER}")
-        if self.slowdown is not None and not (1.0 < self.slowdown <= MAX_SLOWDOWN):
-            raise UsageError(f"--slowdown {self.slowdown} is outside (1, {MAX_SLOWDOWN:g}]: pass the decode "
-                             "slowdown wanted, e.g. --slowdown 4")
-        if self.max_shard_bytes < 1:
-            raise UsageError(f"--max-shard-size {self.max_shard_bytes} is invalid: pass a size such as 1GB")
-        if self.coverage is not None and not (0.0 < self.coverage <= 1.0):
-            raise UsageError(
-                f"--coverage {self.coverage} is outside (0, 1]: pass a fraction such as 0.7, or auto")
-        if self.fit not in FITS:
-            raise UsageError(f"--fit {self.fit!r} is unknown; choose one of {', '.join(FITS)}")
-        if self.allocation not in ALLOCATIONS:
-            raise UsageError(f"--allocation {self.allocation!r} is unknown; choose one of {', '.join(ALLOCATIONS)}")
-        if self.dtype is not None and self.dtype not in DTYPES:
-            raise UsageError(f"--dtype {self.dtype!r} is unknown; choose one of {', '.join(DTYPES)}")
-        if not (0.0 < self.min_top1 <= 1.0):
-            raise UsageError(f"--min-top1 {self.min_top1} is outside (0, 1]")
-
-    @property
-    def hardening_scheme(self) -> Hardening:
-        return Hardening() if self.hardening else Hardening.paper()
+#: The loader files copied into every release are package data of `packager.runtime`.
+RUNTIME_PACKAGE = "packager.runtime"
 
 
 @dataclass(frozen=True)
@@ -122,155 +68,14 @@ class ConvertResult:
         }
 
 
-def mlp_units(checkpoint: Checkpoint) -> list[Unit]:
-    """The MLP units the release replaces: one per dense layer, one per expert (see `Adapter.units`)."""
-    return checkpoint.adapter.units(checkpoint.config)
-
-
-def source_mlp(checkpoint: Checkpoint, unit: Unit | int) -> SourceMLP:
-    """Read one MLP unit's tensors from the checkpoint (float64); an int is a unit index."""
-    if isinstance(unit, int):
-        unit = mlp_units(checkpoint)[unit]
-    parts = checkpoint.adapter.read_mlp(checkpoint, unit)
-    return SourceMLP(**{name: tensor.double() for name, tensor in parts.items()})
-
-
-def plan_layers(checkpoint: Checkpoint, stats: Stats, options: ConvertOptions) -> list[LayerPlan]:
-    """Fit every channel of every MLP unit (cheap: statistics plus down-column norms)."""
-    units = mlp_units(checkpoint)
-    if len(stats.layers) != len(units):
-        raise UsageError(
-            f"statistics have {len(stats.layers)} MLP units but the checkpoint has {len(units)}; "
-            "they come from another model: re-run `unswift calibrate` on this checkpoint"
-        )
-    activation = get_activation(checkpoint.adapter.activation_name(checkpoint.config))
-    plans = []
-    for unit, layer_stats in zip(units, stats.layers, strict=True):
-        down = checkpoint.adapter.read_mlp(checkpoint, unit, parts=("down",))["down"].double()
-        if down.shape[1] != layer_stats.min.numel():
-            raise UsageError(
-                f"statistics of '{unit.name}' do not match the checkpoint's MLP width; re-calibrate")
-        plans.append(fit_layer(activation, layer_stats, down.norm(dim=0), order=options.order,
-                               fit=options.fit, normalise=options.hardening_scheme.normalise,
-                               allocation=options.allocation))
-    return plans
-
-
-def channel_groups_of(checkpoint: Checkpoint, plans: list[LayerPlan], masks: list[torch.Tensor],
-                      options: ConvertOptions, secret: bytes, layer: int,
-                      boosts: list[torch.Tensor] | None = None) -> list[ChannelGroup]:
-    """MLP unit `layer`'s channel groups in release order: the secret draws, small, no tensor of the hidden size."""
-    return unit_groups(plans[layer], masks[layer], None if boosts is None else boosts[layer],
-                       options.hardening_scheme, secret, layer, gated=checkpoint.adapter.gated)
-
-
-def layer_tensors(checkpoint: Checkpoint, plans: list[LayerPlan], masks: list[torch.Tensor],
-                  options: ConvertOptions, secret: bytes, layer: int,
-                  boosts: list[torch.Tensor] | None = None, *, dtype: torch.dtype = torch.float64
-                  ) -> dict[str, torch.Tensor]:
-    """The release tensors of MLP unit `layer` (a layer's MLP or an expert), named as released.
-
-    With order allocation (`boosts`), the unit's channels form groups released one after the other:
-    base-order channels, boost-order channels, then plaintext channels (docs/FORMAT.md, "groups").
-    """
-    unit = mlp_units(checkpoint)[layer]
-    source = SourceMLP(**checkpoint.adapter.read_mlp(checkpoint, unit))
-    groups = channel_groups_of(checkpoint, plans, masks, options, secret, layer, boosts)
-    return {unit.prefix + name: value for name, value in assemble(source, groups, dtype).items()}
-
-
-def release_spec(checkpoint: Checkpoint, stats: Stats, options: ConvertOptions, masks: list[torch.Tensor],
-                 plans: list[LayerPlan], secret: bytes, dtype_name: str,
-                 boosts: list[torch.Tensor] | None = None) -> dict:
-    """config.json["unswift"]: every parameter of the transform (the one source of truth)."""
-    adapter = checkpoint.adapter
-    hidden_act = adapter.activation_name(checkpoint.config)
-    expanded = sum(int(m.sum()) for m in masks)
-    total = sum(m.numel() for m in masks)
-    fit = plans[0].fit
-    units = mlp_units(checkpoint)
-    has_down_bias = "down_bias" in adapter.read_mlp(checkpoint, units[0], parts=("down_bias",))
-    return {
-        "format_version": FORMAT_VERSION,
-        "tool_version": __version__,
-        "base_model_type": adapter.base_model_type,
-        "family": adapter.family,
-        "hidden_act": hidden_act,
-        "activation": get_activation(hidden_act).name,
-        "gated": adapter.gated,
-        "order": options.order,
-        "basis": fit.basis,
-        "extrapolation": fit.extrapolation,
-        "fit": options.fit,
-        "fit_parameters": _fit_parameters(options),
-        "coverage": expanded / total,
-        "requested_coverage": "auto" if options.coverage is None else options.coverage,
-        "min_top1": options.min_top1,
-        "layers": [{"unit": unit.name, "intermediate": int(m.numel()), "expanded": int(m.sum()),
-                    **_groups(m, None if boosts is None else boosts[i], options.order)}
-                   for i, (unit, m) in enumerate(zip(units, masks, strict=True))],
-        "allocation": _allocation(options, boosts, masks),
-        "experts": adapter.runtime_spec(),
-        "out_bias": has_down_bias,
-        "hardening": {"enabled": options.hardening, **options.hardening_scheme.to_json(),
-                      "secret_id": secret_id(secret)},
-        "calibration": stats.summary(),
-        "dtype": dtype_name,
-        "transformers": TRANSFORMERS_RANGE,
-    }
-
-
-def _groups(mask: torch.Tensor, boosted: torch.Tensor | None, order: int) -> dict:
-    """The unit's channel groups (base order, boost order), in release order; nothing when uniform."""
-    if boosted is None:
-        return {}
-    base, boost = allocation_orders(order)
-    return {"groups": [{"channels": int((mask & ~boosted).sum()), "order": base},
-                       {"channels": int(boosted.sum()), "order": boost}]}
-
-
-def _allocation(options: ConvertOptions, boosts: list[torch.Tensor] | None, masks: list[torch.Tensor]) -> dict:
-    if boosts is None:
-        return {"kind": "uniform", "order": options.order}
-    base, boost = allocation_orders(options.order)
-    boosted, expanded = sum(int(b.sum()) for b in boosts), sum(int(m.sum()) for m in masks)
-    return {"kind": "boost", "base_order": base, "boost_order": boost, "boosted_channels": boosted,
-            "expanded_channels": expanded,
-            "columns_per_expanded_channel": (boosted * (boost + 1) + (expanded - boosted) * (base + 1))
-            / max(expanded, 1)}
-
-
-def _fit_parameters(options: ConvertOptions) -> dict:
-    from packager.maths.series.fit import TRIM_CANDIDATES, UNIFORM_FLOOR
-
-    if options.fit == "taylor":
-        return {"centre": "midpoint of calibrated range", "coefficients": "f^(n)(z0)/n!",
-                "normalised": options.hardening_scheme.normalise}
-    return {"basis": "chebyshev", "weights": "calibrated density", "uniform_floor": UNIFORM_FLOOR,
-            "trim_candidates": list(TRIM_CANDIDATES), "extrapolation": "linear",
-            "selection": "global, by expected output error"}
-
-
-def release_config(checkpoint: Checkpoint, spec: dict) -> dict:
-    config = json.loads((checkpoint.path / "config.json").read_text())
-    adapter = checkpoint.adapter
-    config["model_type"] = f"unswift_{adapter.base_model_type}"
-    config["architectures"] = [adapter.runtime_classes()["AutoModelForCausalLM"].split(".")[-1]]
-    config["auto_map"] = adapter.runtime_classes()
-    config["dtype"] = spec["dtype"]
-    config.pop("torch_dtype", None)
-    config["unswift"] = spec
-    return config
-
-
 def write_release(checkpoint: Checkpoint, out: Path, *, stats: Stats, options: ConvertOptions,
                   plans: list[LayerPlan], masks: list[torch.Tensor], secret: Secret, overwrite: bool,
-                  progress: Callable[[str], None] | None = None, extra_record: dict | None = None,
+                  progress: Progress = None, extra_record: dict | None = None,
                   ) -> ConvertResult:
     """Write the release folder atomically and return what was written."""
-    say = progress or (lambda _msg: None)
-    dtype_name = options.dtype or _dtype_name(_source_dtype(checkpoint))
-    dtype = DTYPES[dtype_name]
+    say = reporter(progress)
+    dtype_name = options.dtype or runtime_name(_source_dtype(checkpoint))
+    dtype = RUNTIME[dtype_name]
     boosts = boost_channels(plans, masks, options.order)
     spec = release_spec(checkpoint, stats, options, masks, plans, secret.value, dtype_name, boosts)
     adapter = checkpoint.adapter
@@ -303,13 +108,13 @@ def write_release(checkpoint: Checkpoint, out: Path, *, stats: Stats, options: C
             stream.close()
         shard_names = list(shard_digests)
         config = release_config(checkpoint, spec)
-        (staging / "config.json").write_text(json.dumps(config, indent=2, sort_keys=False) + "\n")
+        (staging / CONFIG).write_text(json.dumps(config, indent=2, sort_keys=False) + "\n")
         for name in RUNTIME_FILES:
-            shutil.copyfile(RUNTIME_DIR / name, staging / name)
+            (staging / name).write_bytes(resources.files(RUNTIME_PACKAGE).joinpath(name).read_bytes())
         for file in [*checkpoint.tokenizer_files, *checkpoint.license_files]:
             shutil.copyfile(file, staging / file.name)
-        if (checkpoint.path / "generation_config.json").is_file():
-            shutil.copyfile(checkpoint.path / "generation_config.json", staging / "generation_config.json")
+        if (checkpoint.path / GENERATION_CONFIG).is_file():
+            shutil.copyfile(checkpoint.path / GENERATION_CONFIG, staging / GENERATION_CONFIG)
         source_bytes = sum(f.stat().st_size for f in checkpoint.weight_files)
         release_bytes = sum((staging / n).stat().st_size for n in shard_names)
         record = initial_record(checkpoint, options, spec, stats, source_bytes, release_bytes,
@@ -338,7 +143,7 @@ def _intra_op_threads(count: int) -> Iterator[None]:
 
 def _copied_entries(checkpoint: Checkpoint, dtype: torch.dtype) -> list[tuple[str, Entry]]:
     """(source key, layout entry) of every tensor copied from the source (floating ones cast to `dtype`)."""
-    from packager.maths.sizing import read_header
+    from packager.formats.safetensors import read_header
 
     prefixes = checkpoint.adapter.source_prefixes(checkpoint.config)
     headers = {file: read_header(file) for file in set(checkpoint.key_to_file.values())}
@@ -347,7 +152,7 @@ def _copied_entries(checkpoint: Checkpoint, dtype: torch.dtype) -> list[tuple[st
         if not key.startswith(prefixes):
             spec = headers[checkpoint.key_to_file[key]][key]
             try:
-                stored = safetensors_dtype(spec.dtype)
+                stored = from_code(spec.dtype)
             except ValueError as err:
                 raise UsageError(f"cannot copy tensor '{key}': {err}") from err
             entries.append((key, Entry(checkpoint.adapter.release_key(key),
@@ -368,59 +173,21 @@ def _unit_entries(checkpoint: Checkpoint, unit: Unit, intermediate: int, groups:
     return entries
 
 
-def plan(checkpoint: Checkpoint, options: ConvertOptions, *, context: int | None = None) -> dict:
-    """What converting with `options` would produce, from the checkpoint's headers alone (`--dry-run`).
-
-    Nothing is calibrated, loaded or written. Channels are assumed expanded in the same share in every
-    MLP unit (the real selection is global; for dense models of one width the sizes are the same).
-    With `--coverage auto` or `--slowdown`, the final choice is made by measurement: the figures are
-    those of the first candidate, and every candidate is listed.
-
-    Returns:
-        JSON fields: dry_run, order, coverage ('auto' when measured later), dtype, release_bytes,
-        source_bytes, memory (per dtype: weights_bytes, kv_cache_bytes, total_bytes, context),
-        predicted_decode_slowdown, context, candidates, and slowdown (with `options.slowdown`).
-    """
-    from packager.maths.sizing import ReleaseSizer, dominant_dtype, plan_json
-    from packager.stages.bench import DEFAULT_CONTEXT
-
-    options.validate()
-    context = context or DEFAULT_CONTEXT
-    dtype = options.dtype or dominant_dtype(ReleaseSizer(checkpoint, dtype="float32").source)
-    sizer = ReleaseSizer(checkpoint, dtype=dtype)
-    out: dict = {"dry_run": True, "source": checkpoint.name, "dtype": dtype, "fit": options.fit,
-                 "mlp_channels": sizer.channels}
-    if options.slowdown is not None:
-        from packager.stages.plan.slowdown import candidate_orders
-
-        choices = candidate_orders(sizer, options.slowdown, context=context, max_order=MAX_ORDER)
-        candidates = [plan_json(sizer, order, sizer.uniform(coverage), context=context) for order, coverage in choices]
-        out.update(candidates[0])
-        out["slowdown"] = {"requested": options.slowdown, "basis": "bytes model only; convert refines it by "
-                           "timing on the publishing machine and picks the candidate of best measured fidelity"}
-    elif options.coverage is None:
-        from packager.stages.plan.coverage import CANDIDATES
-
-        candidates = [plan_json(sizer, options.order, sizer.uniform(c), context=context) for c in CANDIDATES]
-        out.update(candidates[0])
-        out["coverage"] = "auto"
-    else:
-        candidates = [plan_json(sizer, options.order, sizer.uniform(options.coverage), context=context)]
-        out.update(candidates[0])
-    out["candidates"] = candidates
-    return out
+def release_config(checkpoint: Checkpoint, spec: dict) -> dict:
+    config = json.loads((checkpoint.path / CONFIG).read_text())
+    adapter = checkpoint.adapter
+    config["model_type"] = f"unswift_{adapter.base_model_type}"
+    config["architectures"] = [adapter.runtime_classes()["AutoModelForCausalLM"].split(".")[-1]]
+    config["auto_map"] = adapter.runtime_classes()
+    config["dtype"] = spec["dtype"]
+    config.pop("torch_dtype", None)
+    config["unswift"] = spec
+    return config
 
 
 def _source_dtype(checkpoint: Checkpoint) -> torch.dtype:
     """The dtype of the source's MLP weights (of its first unit, read through the adapter)."""
     return checkpoint.adapter.read_mlp(checkpoint, mlp_units(checkpoint)[0], parts=("down",))["down"].dtype
-
-
-def _dtype_name(dtype: torch.dtype) -> str:
-    for name, value in DTYPES.items():
-        if value == dtype:
-            return name
-    return "float32"
 
 
 def initial_record(checkpoint: Checkpoint, options: ConvertOptions, spec: dict, stats: Stats,
@@ -437,7 +204,7 @@ def initial_record(checkpoint: Checkpoint, options: ConvertOptions, spec: dict, 
             "name": checkpoint.name, "base_model": options.base_model, "license": license_name,
             "model_type": checkpoint.config.model_type,
             "architecture": (checkpoint.config.architectures or [None])[0],
-            "dtype": _dtype_name(_source_dtype(checkpoint)), "num_parameters": checkpoint.num_parameters(),
+            "dtype": runtime_name(_source_dtype(checkpoint)), "num_parameters": checkpoint.num_parameters(),
             "files": checkpoint.file_digests(),
         },
         "transform": spec,
@@ -458,3 +225,48 @@ def initial_record(checkpoint: Checkpoint, options: ConvertOptions, spec: dict, 
 
 def _license_from_config(checkpoint: Checkpoint) -> str | None:
     return getattr(checkpoint.config, "license", None)
+
+
+def convert(
+    source: Checkpoint, out: str | Path, *, stats: Stats | str | Path | None = None,
+    options: ConvertOptions | None = None, calibration: str | Path | None = None,
+    calibration_tokens: int | None = None, calibration_seed: int = 0, secret_file: str | Path | None = None,
+    overwrite: bool = False, progress: Progress = None,
+) -> tuple[ConvertResult, Secret]:
+    """Write an (unsigned) release folder: calibrate (unless `stats`), plan, convert.
+
+    Options are validated and the output folder checked before calibration starts. Measured choices
+    (`--coverage auto`, `--slowdown`) are made by `packager.stages.plan.resolve`.
+
+    Returns:
+        The result and the secret that seeded hardening (its `path` is where it was stored).
+
+    Raises:
+        UsageError: bad options, checkpoint, statistics or output folder.
+    """
+    options = options or ConvertOptions()
+    options.validate()
+    out = Path(out)
+    check_output(out, overwrite=overwrite)
+    if options.slowdown is not None:
+        from packager.stages.plan.slowdown import check_supported
+
+        check_supported(source)  # before the model is loaded and calibrated
+    secret = resolve_secret(secret_file, out)
+    model = None
+    if isinstance(stats, (str, Path)):
+        stats = Stats.load(Path(stats))
+    measuring = options.coverage is None or options.slowdown is not None
+    if measuring or (stats is None and calibration is None):
+        # Measured choices need the model in memory; so does text sampled from it. Calibration from a
+        # text file alone reads the checkpoint one decoder layer at a time.
+        model = source.load_model(torch.float32)
+    if stats is None:
+        tokens = DEFAULT_TOKENS if calibration_tokens is None else calibration_tokens
+        stats = run_calibration(source, text=calibration, tokens=tokens, seed=calibration_seed, progress=progress,
+                                model=model)
+    chosen = planning.resolve(source, model, stats, options, secret.value, progress=progress)
+    result = write_release(source, out, stats=stats, options=chosen.options, plans=chosen.plans,
+                           masks=chosen.masks, secret=secret, overwrite=overwrite, progress=progress,
+                           extra_record={"coverage_trials": chosen.coverage_trials, "slowdown": chosen.slowdown})
+    return result, secret

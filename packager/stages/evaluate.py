@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 
+from packager.dtypes import RUNTIME
 from packager.errors import CheckFailed, UsageError
 from packager.formats.checkpoint import Checkpoint
+from packager.progress import Progress, reporter
 from packager.stages.text import TokenText, builtin_prompts, encode_prompt, load_text, sample_text
 
 DEFAULT_EVAL_TOKENS = 8192
@@ -138,10 +139,6 @@ class EvalReport:
         return asdict(self)
 
 
-def _dtype(name: str) -> torch.dtype:
-    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
-
-
 def load_release(release_dir: Path, *, dtype: torch.dtype, device: str = "cpu"):
     """The release through the real transformers loader, exactly as a user loads it."""
     from transformers import AutoModelForCausalLM
@@ -155,7 +152,7 @@ def evaluate(
     prompts: str | Path | None = None, tokens: int = DEFAULT_EVAL_TOKENS, seq_len: int = DEFAULT_SEQ_LEN,
     seed: int = 0, dtype: str | None = None, device: str = "cpu", greedy_tokens: int = GREEDY_TOKENS,
     min_top1: float | None = None, max_kl: float | None = None,
-    progress: Callable[[str], None] | None = None,
+    progress: Progress = None,
 ) -> EvalReport:
     """Measure a release against its source checkpoint.
 
@@ -165,13 +162,13 @@ def evaluate(
     """
     from packager.formats.record import read_record
 
-    say = progress or (lambda _msg: None)
+    say = reporter(progress)
     record = read_record(release_dir)
     spec = record["transform"]
     dtype_name = dtype or spec.get("dtype", "float32")
-    if dtype_name not in ("float32", "bfloat16", "float16"):
-        raise UsageError(f"--dtype {dtype_name!r} is unknown; choose float32, bfloat16 or float16")
-    torch_dtype = _dtype(dtype_name)
+    if dtype_name not in RUNTIME:
+        raise UsageError(f"--dtype {dtype_name!r} is unknown; choose one of {', '.join(RUNTIME)}")
+    torch_dtype = RUNTIME[dtype_name]
     say(f"loading the reference and the release ({dtype_name}, {device})")
     from transformers import AutoModelForCausalLM
 
@@ -218,7 +215,9 @@ def evaluate(
         text_source=eval_text.source, calibration_overlap=bool(overlap), dtype=dtype_name, device=device,
         greedy_prefix=prefix,
     )
-    _check_thresholds(report, min_top1=min_top1, max_kl=max_kl)
+    misses = threshold_misses(report.to_json(), min_top1=min_top1, max_kl=max_kl)
+    if misses:
+        raise CheckFailed("fidelity below threshold: " + "; ".join(misses), details=report.to_json())
     return report
 
 
@@ -232,11 +231,11 @@ def _read_prompts(path: str | Path) -> list[str]:
     return lines
 
 
-def _check_thresholds(report: EvalReport, *, min_top1: float | None, max_kl: float | None) -> None:
+def threshold_misses(evaluation: dict, *, min_top1: float | None, max_kl: float | None) -> list[str]:
+    """The fidelity thresholds an eval result (`EvalReport.to_json()`) misses, one phrase each."""
     misses = []
-    if min_top1 is not None and report.top1_agreement < min_top1:
-        misses.append(f"top-1 agreement {report.top1_agreement:.4f} < --min-top1 {min_top1}")
-    if max_kl is not None and report.kl_mean > max_kl:
-        misses.append(f"KL {report.kl_mean:.5f} > --max-kl {max_kl}")
-    if misses:
-        raise CheckFailed("fidelity below threshold: " + "; ".join(misses), details=report.to_json())
+    if min_top1 is not None and evaluation["top1_agreement"] < min_top1:
+        misses.append(f"top-1 agreement {evaluation['top1_agreement']:.4f} < --min-top1 {min_top1}")
+    if max_kl is not None and evaluation["kl_mean"] > max_kl:
+        misses.append(f"KL {evaluation['kl_mean']:.5f} > --max-kl {max_kl}")
+    return misses

@@ -87,7 +87,7 @@ def _convert_cases(cases: list[dict], root: Path) -> list[dict]:
     from packager import api
     from packager.formats.checkpoint import open_checkpoint
     from packager.stages.calibrate import calibrate
-    from packager.stages.convert import ConvertOptions
+    from packager.stages.options import ConvertOptions
 
     out = []
     for case in cases:

@@ -11,7 +11,6 @@ import shutil
 import stat
 import subprocess
 import sys
-import types
 from pathlib import Path
 
 import pytest
@@ -227,7 +226,9 @@ def _fake_hub(monkeypatch, download) -> list:
         calls.append((repo_id, revision, endpoint, token))
         return download()
 
-    monkeypatch.setitem(sys.modules, "packager.publish.hub", types.SimpleNamespace(download_release=download_release))
+    import packager.publish.hub
+
+    monkeypatch.setattr(packager.publish.hub, "download_release", download_release)
     return calls
 
 

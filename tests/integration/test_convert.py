@@ -13,7 +13,7 @@ from support.tiny import build_tiny
 
 from packager import api
 from packager.cli import cli
-from packager.stages.convert import ConvertOptions
+from packager.stages.options import ConvertOptions
 
 # A release is judged by its logits against the source's on random token ids, in a fresh process.
 KL_TOLERANCE = 1e-4  # nats/token, fp32, order 8, full coverage, default fit

@@ -13,7 +13,7 @@ from packager.cli import cli
 from packager.errors import CheckFailed, UsageError
 from packager.publish import signing
 from packager.release import PublishOptions, release
-from packager.stages.convert import ConvertOptions
+from packager.stages.options import ConvertOptions
 
 GENERATE = r"""
 import json, os, sys, torch

@@ -15,7 +15,6 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from safetensors import safe_open
 from torch import nn
 
 from packager.errors import UsageError
@@ -181,11 +180,11 @@ class Adapter:
         found: dict[str, torch.Tensor | None] = {}
         if checkpoint.has(packed + "down_proj"):  # transformers 5.x packed layout
             if wanted & {"gate", "up"}:
-                both = _slice(checkpoint, packed + "gate_up_proj", unit.expert)
+                both = checkpoint.tensor_slice(packed + "gate_up_proj", unit.expert)
                 half = both.shape[0] // 2
                 found["gate"], found["up"] = both[:half], both[half:]
             if "down" in wanted:
-                found["down"] = _slice(checkpoint, packed + "down_proj", unit.expert)
+                found["down"] = checkpoint.tensor_slice(packed + "down_proj", unit.expert)
             return found
         blocks = [self.mlp] + ([experts.legacy_block] if experts.legacy_block else [])
         for block in blocks:
@@ -198,12 +197,12 @@ class Adapter:
 
     # -- modules (calibration) ----------------------------------------------------------------------
 
-    def mlp_modules(self, model: nn.Module) -> list[nn.Module]:
-        """The MLP block of every decoder layer of an instantiated source model."""
+    def decoder_layers(self, model: nn.Module) -> nn.ModuleList:
+        """The decoder layers of an instantiated model of this family (each holds its MLP at `self.mlp`)."""
         root = model
         for part in self.layers_prefix.split("."):
             root = getattr(root, part)
-        return [getattr(layer, self.mlp) for layer in root]
+        return root
 
     def preactivations(self, mlp: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(gate pre-activation g, up projection u or None) of one dense MLP module for its input x."""
@@ -279,9 +278,3 @@ def _submodule(model: nn.Module, path: str, family: str) -> nn.Module:
     except AttributeError as err:
         raise UsageError(f"the loaded {family} model has no module '{path}'; this transformers version "
                          f"lays the family out differently from what unswift supports") from err
-
-
-def _slice(checkpoint, key: str, index: int | None) -> torch.Tensor:
-    """One expert of a packed [E, ...] tensor, without reading the others."""
-    with safe_open(checkpoint.key_to_file[key], framework="pt") as handle:
-        return handle.get_slice(key)[index]

@@ -514,8 +514,8 @@ def audit(
         CheckFailed: an attack recovered more than `max_recovered`.
     """
     from packager.formats.checkpoint import Checkpoint, open_checkpoint
-    from packager.stages.convert import source_mlp
     from packager.stages.evaluate import load_release
+    from packager.stages.tensors import source_mlp
 
     say = progress or (lambda _msg: None)
     attacks = list(attacks)

@@ -7,51 +7,19 @@ users will run.
 
 from __future__ import annotations
 
-import types
-from collections.abc import Callable
-
-import torch
-
 from packager.formats.checkpoint import Checkpoint
-from packager.maths.transform import LayerPlan, select_channels
+from packager.formats.stats import Stats
+from packager.maths.transform import LayerPlan, boost_channels, select_channels
+from packager.progress import Progress, reporter
 from packager.stages.evaluate import compare_to_logits, reference_logits
+from packager.stages.options import ConvertOptions
+from packager.stages.swap import install_release_mlps, restore
+from packager.stages.tensors import layer_tensors, release_spec
 from packager.stages.text import sample_text
 
 CANDIDATES = (1.0, 0.95, 0.9, 0.8, 0.7, 0.6, 0.5)
 SELECTION_TOKENS = 2048
 SELECTION_SEED_OFFSET = 500
-
-
-@torch.no_grad()
-def swap_in_release_mlps(model, checkpoint: Checkpoint, spec: dict, layers: dict[int, dict[str, torch.Tensor]]
-                         ) -> list:
-    """Install the runtime's series modules (dense MLPs and experts alike) holding `layers`' tensors.
-
-    Returns what `restore_mlps` needs to put the source modules back.
-    """
-    from packager.runtime.modeling_unswift import install_taylor_mlps
-
-    config = types.SimpleNamespace(unswift=spec, hidden_size=model.config.hidden_size)
-    replaced = install_taylor_mlps(_parents(model, checkpoint), config)
-    state = {name: tensor.float() for unit in layers.values() for name, tensor in unit.items()}
-    missing = set(state) - set(model.state_dict())
-    if missing:
-        raise RuntimeError(f"release tensors without a module in the model: {sorted(missing)[:3]}")
-    model.load_state_dict(state, strict=False, assign=True)
-    model.to(next(iter(model.parameters())).device)
-    return replaced
-
-
-def restore_mlps(model, checkpoint: Checkpoint, replaced: list) -> None:
-    for module, attribute, original in replaced:
-        setattr(module, attribute, original)
-
-
-def _parents(model, checkpoint: Checkpoint) -> list:
-    root = model
-    for part in checkpoint.adapter.layers_prefix.split("."):
-        root = getattr(root, part)
-    return list(root)
 
 
 def _source_key(checkpoint: Checkpoint) -> str:
@@ -60,14 +28,15 @@ def _source_key(checkpoint: Checkpoint) -> str:
     return json.dumps(checkpoint.file_digests(), sort_keys=True)
 
 
-def choose_coverage(
-    checkpoint: Checkpoint, model, plans: list[LayerPlan], *, min_top1: float, seed: int,
-    build_spec: Callable[[list[torch.Tensor]], dict],
-    build_layer: Callable[[list[torch.Tensor], int], dict[str, torch.Tensor]],
-    progress: Callable[[str], None] | None = None,
-) -> tuple[float, list[dict]]:
-    """Try candidates from the largest; return the first that meets `min_top1` (else the best seen)."""
-    say = progress or (lambda _msg: None)
+def choose_coverage(checkpoint: Checkpoint, model, plans: list[LayerPlan], stats: Stats, options: ConvertOptions,
+                    secret: bytes, *, progress: Progress = None) -> tuple[float, list[dict]]:
+    """Try candidates from the largest; return the first that meets `options.min_top1` (else the best seen).
+
+    Each candidate's release tensors are built in float32, exactly as `convert` would write them, and
+    swapped into `model` (the source, float32) through the runtime's own modules.
+    """
+    say = reporter(progress)
+    min_top1, seed = options.min_top1, stats.seed
     tokenizer = checkpoint.load_tokenizer()
     text = sample_text(model, tokenizer, kind="eval", tokens=SELECTION_TOKENS, seq_len=256,
                        seed=seed + SELECTION_SEED_OFFSET, cache_key=f"{_source_key(checkpoint)}/float32")
@@ -76,13 +45,14 @@ def choose_coverage(
     fit = "taylor" if plans[0].fit.basis == "monomial" else "weighted"
     for coverage in CANDIDATES:
         masks = select_channels(plans, coverage, fit)
-        spec = build_spec(masks)
-        layers = {i: build_layer(masks, i) for i in range(len(plans))}
-        originals = swap_in_release_mlps(model, checkpoint, spec, layers)
+        boosts = boost_channels(plans, masks, options.order)
+        spec = release_spec(checkpoint, stats, options, masks, plans, secret, "float32", boosts)
+        layers = {i: layer_tensors(checkpoint, plans, masks, options, secret, i, boosts) for i in range(len(plans))}
+        originals = install_release_mlps(model, checkpoint.adapter, spec, layers)
         try:
             agreement = compare_to_logits(reference, model, text.ids)
         finally:
-            restore_mlps(model, checkpoint, originals)
+            restore(originals)
         trials.append({"coverage": coverage, "top1_agreement": agreement.top1_agreement,
                        "kl_mean": agreement.kl_mean, "tokens": agreement.tokens, "text_source": text.source})
         say(f"coverage {coverage:.2f}: top-1 agreement {agreement.top1_agreement:.4f} (needs {min_top1})")

@@ -23,28 +23,32 @@ Mixture-of-experts checkpoints are refused for now (the in-memory fidelity path 
 from __future__ import annotations
 
 import dataclasses
-import os
-import types
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
-from torch import nn
 
 from packager.errors import UsageError
 from packager.formats.checkpoint import Checkpoint
-from packager.maths.series.fit import CHEBYSHEV_FIT_LIMIT, ChannelFit
+from packager.formats.stats import Stats
+from packager.maths.series.fit import CHEBYSHEV_FIT_LIMIT
 from packager.maths.sizing import ReleaseSizer
 from packager.maths.transform import LayerPlan, select_channels
-from packager.stages.bench import DEFAULT_CONTEXT, Contender, clock_for, hardware_name, measure_decode
-from packager.stages.calibrate import Stats
-from packager.stages.evaluate import Agreement
+from packager.progress import Progress, reporter
+from packager.stages.bench import DEFAULT_CONTEXT, clock_for, hardware_name
+from packager.stages.evaluate import reference_logits
+from packager.stages.options import MAX_ORDER
+from packager.stages.plan.fits import plan_layers
+from packager.stages.plan.measure import (
+    ROOM_SHARE,
+    NoRoom,
+    measure_fidelity,
+    measure_slowdown,
+    pad,
+    timing_memory,
+)
 
 #: Measured slowdown within this relative distance of the request ends the search.
 TOLERANCE = 0.04
-#: Timed decode steps per model for each measurement (after warm-up), batch 1.
-TIMING_STEPS = 12
-TIMING_WARMUP = 2
 MAX_TIMINGS = 4
 FINAL_ADJUSTMENTS = 2
 #: A final measurement this far below the request means the machine cannot show it: refuse.
@@ -55,10 +59,6 @@ CANDIDATES = 3
 SELECTION_TOKENS = 2048
 SELECTION_SEQ_LEN = 256
 SELECTION_SEED_OFFSET = 600
-#: Rows of tokens per series evaluation chunk in the fidelity path (bounds its memory).
-_CHUNK_ROWS = 512
-
-Progress = Callable[[str], None] | None
 
 
 @dataclass(frozen=True)
@@ -90,43 +90,18 @@ class SlowdownChoice:
         return out
 
 
-def _pad(fit: ChannelFit, order: int) -> ChannelFit:
-    extra = order + 1 - fit.coefficients.shape[-1]
-    return dataclasses.replace(fit, coefficients=torch.nn.functional.pad(fit.coefficients, (0, extra)))
-
-
 def _plans(checkpoint: Checkpoint, stats: Stats, options, order: int, cache: dict) -> list[LayerPlan]:
     """Plans at `order` (cached). Weighted fits stop at `CHEBYSHEV_FIT_LIMIT`: above it every order's
     plan is the limit's with zero coefficients appended, and the order allocation has nothing to gain."""
-    from packager.stages.convert import plan_layers
-
     if order not in cache:
         if options.fit == "weighted" and order > CHEBYSHEV_FIT_LIMIT:
             if "limit" not in cache:
                 limit = dataclasses.replace(options, order=CHEBYSHEV_FIT_LIMIT, allocation="uniform")
                 cache["limit"] = plan_layers(checkpoint, stats, limit)
-            cache[order] = [LayerPlan(_pad(plan.fit, order), plan.score, plan.width) for plan in cache["limit"]]
+            cache[order] = [LayerPlan(pad(plan.fit, order), plan.score, plan.width) for plan in cache["limit"]]
         else:
             cache[order] = plan_layers(checkpoint, stats, dataclasses.replace(options, order=order))
     return cache[order]
-
-
-def release_fits(plans: list[LayerPlan], masks: list[torch.Tensor], order: int) -> list[ChannelFit]:
-    """Per unit, the fit each channel is released with: uniform order, or base / boost orders."""
-    from packager.maths.transform import boost_channels
-
-    boosts = boost_channels(plans, masks, order)
-    if boosts is None:
-        return [plan.fit for plan in plans]
-    fits = []
-    for plan, boosted in zip(plans, boosts, strict=True):
-        base, boost = _pad(plan.base, plan.boost.coefficients.shape[-1] - 1), plan.boost
-        column = boosted.unsqueeze(-1)
-        fits.append(dataclasses.replace(boost, centre=torch.where(boosted, boost.centre, base.centre),
-                                        half_width=torch.where(boosted, boost.half_width, base.half_width),
-                                        coefficients=torch.where(column, boost.coefficients, base.coefficients),
-                                        error=torch.where(boosted, boost.error, base.error)))
-    return fits
 
 
 def _counts(masks: list[torch.Tensor]) -> list[int]:
@@ -170,167 +145,6 @@ def candidate_orders(sizer: ReleaseSizer, target: float, *, context: int, max_or
     return sorted(chosen.items())
 
 
-# -- timing ---------------------------------------------------------------------------------------
-
-
-def _parents(model, checkpoint: Checkpoint) -> list[nn.Module]:
-    root = model
-    for part in checkpoint.adapter.layers_prefix.split("."):
-        root = getattr(root, part)
-    return list(root)
-
-
-class _Swap:
-    """Puts a set of MLP modules into the model's decoder layers (and the originals back)."""
-
-    def __init__(self, model, checkpoint: Checkpoint, modules: list[nn.Module] | None) -> None:
-        self.parents = _parents(model, checkpoint)
-        self.name = checkpoint.adapter.mlp
-        self.modules = modules if modules is not None else [getattr(p, self.name) for p in self.parents]
-
-    def __call__(self) -> None:
-        for parent, module in zip(self.parents, self.modules, strict=True):
-            setattr(parent, self.name, module)
-
-
-def _timing_modules(model, checkpoint: Checkpoint, sizer: ReleaseSizer, order: int, expanded: list[int]
-                    ) -> list[nn.Module]:
-    """Runtime TaylorMLPs with the release's shapes and harmless constant values (time is all that counts)."""
-    from packager.runtime.modeling_unswift import TaylorMLP
-
-    parameter = next(model.parameters())
-    spec = {"gated": sizer.gated, "order": order, "basis": "chebyshev", "extrapolation": "linear",
-            "hidden_act": checkpoint.adapter.activation_name(checkpoint.config),
-            "out_bias": any(u.down_bias for u in sizer.units),
-            "layers": [{"intermediate": u.intermediate, "expanded": e} for u, e in zip(sizer.units, expanded,
-                                                                                       strict=True)]}
-    modules = []
-    for index, unit in enumerate(sizer.units):
-        mlp = TaylorMLP(types.SimpleNamespace(unswift=spec, hidden_size=unit.hidden), index)
-        with torch.no_grad():
-            for name, tensor in mlp.named_parameters():
-                tensor.fill_(0.0 if name.endswith("bias") else 1e-3)  # written: real pages, no denormals
-        modules.append(mlp.to(device=parameter.device, dtype=parameter.dtype))
-    return modules
-
-
-def measure_slowdown(model, checkpoint: Checkpoint, sizer: ReleaseSizer, order: int, expanded: list[int], *,
-                     context: int, steps: int = TIMING_STEPS, warmup: int = TIMING_WARMUP) -> float:
-    """Measured decode slowdown (batch 1) of a release of these shapes, against the model as it is."""
-    original = _Swap(model, checkpoint, None)
-    release = _Swap(model, checkpoint, _timing_modules(model, checkpoint, sizer, order, expanded))
-    device = str(next(model.parameters()).device)
-    try:
-        ref, rel = measure_decode([Contender(model, original), Contender(model, release)],
-                                  vocab=int(model.config.vocab_size), device=device, batch=1, context=context,
-                                  steps=steps, warmup=warmup)
-    finally:
-        original()
-    return rel / ref
-
-
-#: Timing modules may take this share of the memory available (the rest: activations, the allocator).
-ROOM_SHARE = 0.8
-
-
-class _NoRoom(Exception):
-    """A candidate's timing modules would not fit beside the model."""
-
-
-def available_memory(device: torch.device) -> int:
-    """Bytes that can still be allocated on `device` (CUDA: free memory; CPU: the kernel's MemAvailable)."""
-    if device.type == "cuda":
-        return int(torch.cuda.mem_get_info(device)[0])
-    try:
-        with open("/proc/meminfo") as handle:
-            for line in handle:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-
-
-def timing_memory(model, sizer: ReleaseSizer, order: int, expanded: list[int]) -> tuple[int, int]:
-    """(bytes the timing modules of this release need at the model's dtype, bytes available on its device)."""
-    parameter = next(model.parameters())
-    size = parameter.element_size()
-    needed = sum(spec.numel * size for name, spec in sizer.tensors(order, expanded).items()
-                 if name.endswith(("in_proj.weight", "in_proj.bias", "theta", "out_bias")))
-    return needed, available_memory(parameter.device)
-
-
-# -- fidelity -------------------------------------------------------------------------------------
-
-
-class _SeriesMLP(nn.Module):
-    """One dense source MLP computing the release's function: the series on expanded channels.
-
-    Evaluated from the fit (centre, half-width, coefficients) instead of Θ: the release's hardening
-    (signs, scales, permutation) changes no value, so this is the release's output up to rounding.
-    """
-
-    def __init__(self, original: nn.Module, checkpoint: Checkpoint, fit: ChannelFit, mask: torch.Tensor) -> None:
-        from transformers.activations import ACT2FN
-
-        from packager.runtime.modeling_unswift import SeriesBasis
-
-        super().__init__()
-        self.original = original
-        self.adapter = checkpoint.adapter
-        self.act = ACT2FN[checkpoint.adapter.activation_name(checkpoint.config)]
-        index = torch.nonzero(mask).flatten()
-        coefficients = fit.coefficients[index]
-        used = coefficients.abs().amax(0) > 0 if index.numel() else torch.zeros(1, dtype=torch.bool)
-        nonzero = torch.nonzero(used).flatten()
-        degree = int(nonzero.max()) if nonzero.numel() else 0  # trailing zero terms add nothing
-        parameter = next(original.parameters())
-        self.register_buffer("index", index.to(parameter.device), persistent=False)
-        self.register_buffer("centre", fit.centre[index].to(parameter.device, torch.float32), persistent=False)
-        self.register_buffer("half_width", fit.half_width[index].to(parameter.device, torch.float32), persistent=False)
-        self.register_buffer("coefficients", coefficients[:, : degree + 1].to(parameter.device, torch.float32),
-                             persistent=False)
-        self.basis = SeriesBasis(degree, fit.basis, fit.extrapolation)
-
-    def forward(self, x):
-        g, u = self.adapter.preactivations(self.original, x)
-        a = self.act(g)
-        if self.index.numel():
-            t = (g.index_select(-1, self.index).float() - self.centre) / self.half_width
-            t = t.reshape(-1, self.index.numel())
-            series = torch.cat([(self.basis(rows) * self.coefficients).sum(-1) for rows in t.split(_CHUNK_ROWS)])
-            a = a.index_copy(-1, self.index, series.view(*g.shape[:-1], -1).to(a.dtype))
-        h = a * u if u is not None else a
-        return getattr(self.original, self.adapter.down)(h)
-
-
-@torch.no_grad()
-def _reference_logits(model, ids: torch.Tensor, batch_size: int) -> list[torch.Tensor]:
-    device = next(model.parameters()).device
-    return [model(input_ids=b.to(device)).logits[:, :-1].float().cpu() for b in ids.split(batch_size)]
-
-
-@torch.no_grad()
-def measure_fidelity(model, checkpoint: Checkpoint, plans: list[LayerPlan], masks: list[torch.Tensor], order: int,
-                     ids: torch.Tensor, reference: list[torch.Tensor], *, batch_size: int = 4) -> dict:
-    """Teacher-forced top-1 agreement and KL of the release function against `reference` logits."""
-    parents = _parents(model, checkpoint)
-    originals = _Swap(model, checkpoint, None)
-    fits = release_fits(plans, masks, order)
-    series = _Swap(model, checkpoint, [_SeriesMLP(getattr(p, checkpoint.adapter.mlp), checkpoint, fit, mask)
-                                       for p, fit, mask in zip(parents, fits, masks, strict=True)])
-    device = next(model.parameters()).device
-    agreement = Agreement()
-    series()
-    try:
-        for batch, ref in zip(ids.split(batch_size), reference, strict=True):
-            logits = model(input_ids=batch.to(device)).logits[:, :-1].float().cpu()
-            agreement.add(ref, logits, batch[:, 1:])
-    finally:
-        originals()
-    return {"top1_agreement": agreement.top1_agreement, "kl_mean": agreement.kl_mean, "tokens": agreement.tokens}
-
-
 # -- the choice -----------------------------------------------------------------------------------
 
 
@@ -369,9 +183,7 @@ def choose_slowdown(
     Raises:
         UsageError: the slowdown is out of reach, or the checkpoint is a mixture of experts.
     """
-    from packager.stages.convert import MAX_ORDER
-
-    say = progress or (lambda _msg: None)
+    say = reporter(progress)
     max_order = max_order or MAX_ORDER
     slowdown, fit = float(options.slowdown), options.fit
     check_supported(checkpoint)
@@ -384,7 +196,7 @@ def choose_slowdown(
     def timed(order: int, expanded: list[int]) -> float:
         needed, available = timing_memory(model, sizer, order, expanded)
         if needed > ROOM_SHARE * available:
-            raise _NoRoom(f"timing order {order} at coverage {sum(expanded) / sizer.channels:.2f} needs "
+            raise NoRoom(f"timing order {order} at coverage {sum(expanded) / sizer.channels:.2f} needs "
                           f"{needed / 1e9:.1f} GB beside the model and {available / 1e9:.1f} GB are available")
         predicted = sizer.predicted(order, expanded, context=context)
         measured = measure_slowdown(model, checkpoint, sizer, order, expanded, context=context)
@@ -408,7 +220,7 @@ def choose_slowdown(
                 if abs(measured / slowdown - 1.0) <= TOLERANCE:
                     break
                 target = _secant(points, slowdown, ceiling)
-        except _NoRoom as err:
+        except NoRoom as err:
             measure = False
             note = (f"not measured further: {err}; the choice rests on the bytes model"
                     + (" and the timings above" if timings else ""))
@@ -424,7 +236,7 @@ def choose_slowdown(
         text = sample_text(model, checkpoint.load_tokenizer(), kind="eval", tokens=tokens,
                            seq_len=SELECTION_SEQ_LEN, seed=stats.seed + SELECTION_SEED_OFFSET)
         ids = text.ids
-        reference = _reference_logits(model, ids, 4)
+        reference = reference_logits(model, ids, batch_size=4)
     rows = []
     for order, _ in candidates:
         plans = plans_for(order)
@@ -461,7 +273,7 @@ def choose_slowdown(
                 measured = timed(order, _counts(masks))
                 coverage_request = adjusted
                 best = {**best, "fidelity": measure_fidelity(model, checkpoint, plans, masks, order, ids, reference)}
-        except _NoRoom as err:
+        except NoRoom as err:
             masks = select_channels(plans, coverage_request, fit)  # the last choice whose timing fitted
             note = f"the final choice was not timed: {err}"
             say(f"  {note}")
@@ -498,7 +310,8 @@ def resolve_slowdown(checkpoint: Checkpoint, model, stats: Stats, options, *, pr
     """
     if options.slowdown is None:
         return options, None, None
-    from packager.maths.sizing import dominant_dtype, folder_tensors
+    from packager.formats.safetensors import folder_tensors
+    from packager.maths.sizing import dominant_dtype
 
     dtype = options.dtype or dominant_dtype(folder_tensors(checkpoint.path))
     choice = choose_slowdown(checkpoint, model, stats, options, dtype=dtype, progress=progress)

@@ -107,8 +107,10 @@ def test_written_release_equals_the_reference_transform_across_reused_buffers(tm
     from packager import api
     from packager.formats.checkpoint import open_checkpoint
     from packager.formats.record import read_record
-    from packager.maths.transform import select_channels
-    from packager.stages.convert import ConvertOptions, boost_channels, layer_tensors, plan_layers
+    from packager.maths.transform import boost_channels, select_channels
+    from packager.stages.options import ConvertOptions
+    from packager.stages.plan.fits import plan_layers
+    from packager.stages.tensors import layer_tensors
 
     source = open_checkpoint(build_tiny("llama", tmp_path / "five", num_hidden_layers=5, wide_channels=2))
     stats = api.calibrate(source, text=None, tokens=512)

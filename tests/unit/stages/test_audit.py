@@ -17,7 +17,7 @@ from packager.cli import cli
 from packager.errors import CheckFailed, UsageError
 from packager.maths.transform import SCALE_EXCLUDED, Hardening, SourceMLP, build_layer, layer_generator
 from packager.stages.audit import LearningBudget, audit
-from packager.stages.convert import ConvertOptions
+from packager.stages.options import ConvertOptions
 
 SMALL = LearningBudget(steps=20, tokens=256)
 SECRET = "audit-test-secret\n"

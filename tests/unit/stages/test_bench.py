@@ -9,6 +9,7 @@ from click.testing import CliRunner
 
 from packager.cli import cli
 from packager.formats.checkpoint import open_checkpoint
+from packager.formats.safetensors import folder_tensors
 from packager.maths import sizing
 
 
@@ -22,7 +23,7 @@ def _json(result) -> dict:
 def uniform_release(tiny_llama, tiny_llama_stats, tmp_path_factory):
     """An order-6 release at coverage 0.75 with one order for every channel (exact shapes)."""
     from packager import api
-    from packager.stages.convert import ConvertOptions
+    from packager.stages.options import ConvertOptions
 
     out = tmp_path_factory.mktemp("bench") / "uniform"
     api.convert(tiny_llama, out, stats=tiny_llama_stats,
@@ -33,7 +34,7 @@ def uniform_release(tiny_llama, tiny_llama_stats, tmp_path_factory):
 def test_bytes_model_arithmetic_on_a_tiny_release(tiny_llama, uniform_release):
     source = open_checkpoint(tiny_llama)
     config = source.config
-    src, rel = sizing.folder_tensors(tiny_llama), sizing.folder_tensors(uniform_release)
+    src, rel = folder_tensors(tiny_llama), folder_tensors(uniform_release)
     layers, hidden, vocab = config.num_hidden_layers, config.hidden_size, config.vocab_size
     intermediate, kv = config.intermediate_size, config.num_key_value_heads
     head_dim = hidden // config.num_attention_heads
@@ -61,10 +62,10 @@ def test_sizer_predicts_the_release_it_will_write(tiny_llama, uniform_release, t
     sizer = sizing.ReleaseSizer(source, dtype="float32")
     layers = json.loads((uniform_release / "config.json").read_text())["unswift"]["layers"]
     planned = sizer.tensors(6, [layer["expanded"] for layer in layers])
-    written = sizing.folder_tensors(uniform_release)
+    written = folder_tensors(uniform_release)
     assert {name: spec.shape for name, spec in planned.items()} == {name: spec.shape for name, spec in written.items()}
     # Order allocation (order 8, boost) keeps the bytes of a uniform order 8 up to rounding.
-    boosted = sizing.folder_tensors(tiny_release)
+    boosted = folder_tensors(tiny_release)
     uniform8 = sizer.tensors(8, [layer["expanded"] for layer in
                                  json.loads((tiny_release / "config.json").read_text())["unswift"]["layers"]])
     assert sizing.weight_bytes(boosted) == pytest.approx(sizing.weight_bytes(uniform8), rel=0.01)
@@ -72,7 +73,7 @@ def test_sizer_predicts_the_release_it_will_write(tiny_llama, uniform_release, t
 
 def test_memory_needed_has_every_dtype(tiny_llama):
     source = open_checkpoint(tiny_llama)
-    tensors = sizing.folder_tensors(tiny_llama)
+    tensors = folder_tensors(tiny_llama)
     memory = sizing.memory_needed(tensors, source.config, context=64)
     assert set(memory) == {"float32", "bfloat16", "float16"}
     assert memory["float32"]["weights_bytes"] == 2 * memory["bfloat16"]["weights_bytes"]
@@ -135,8 +136,8 @@ def test_dry_run_writes_nothing(tiny_llama, tmp_path):
 @pytest.mark.parametrize("slowdown", [2.0, 4.0, 8.0])
 def test_slowdown_picks_order_and_coverage_the_bytes_model_puts_within_10_percent(tiny_llama, tiny_llama_stats,
                                                                                   slowdown):
-    from packager.stages.calibrate import Stats
-    from packager.stages.convert import ConvertOptions
+    from packager.formats.stats import Stats
+    from packager.stages.options import ConvertOptions
     from packager.stages.plan.slowdown import choose_slowdown
 
     source = open_checkpoint(tiny_llama)
@@ -203,25 +204,27 @@ def test_release_dtype_transform_equals_the_float64_one(tiny_llama, tiny_llama_s
     path (used to measure fidelity in memory) gives the same tensors to the rounding of that dtype."""
     import torch
 
+    from packager.dtypes import RUNTIME
+    from packager.formats.stats import Stats
     from packager.maths.transform import select_channels
-    from packager.stages import convert
-    from packager.stages.calibrate import Stats
+    from packager.stages.options import ConvertOptions
+    from packager.stages.plan.fits import plan_layers
+    from packager.stages.tensors import layer_tensors
 
     source = open_checkpoint(tiny_llama)
-    options = convert.ConvertOptions(order=6, coverage=0.8, allocation="boost" if boosted else "uniform")
-    plans = convert.plan_layers(source, Stats.load(tiny_llama_stats), options)
+    options = ConvertOptions(order=6, coverage=0.8, allocation="boost" if boosted else "uniform")
+    plans = plan_layers(source, Stats.load(tiny_llama_stats), options)
     masks = select_channels(plans, 0.8, options.fit)
     generator = torch.Generator().manual_seed(0)
     boosts = [m & (torch.rand(m.shape, generator=generator) < 0.2) for m in masks] if boosted else None
     # float32: the float64 factor's rounding and the product's; bfloat16: one rounding of a float32 product.
     resolution = {"float32": 2**-23, "bfloat16": 2**-8}[dtype]
     for index in range(len(plans)):
-        exact = convert.layer_tensors(source, plans, masks, options, b"k" * 32, index, boosts)
-        cast = convert.layer_tensors(source, plans, masks, options, b"k" * 32, index, boosts,
-                                     dtype=convert.DTYPES[dtype])
+        exact = layer_tensors(source, plans, masks, options, b"k" * 32, index, boosts)
+        cast = layer_tensors(source, plans, masks, options, b"k" * 32, index, boosts, dtype=RUNTIME[dtype])
         assert set(cast) == set(exact)
         for name, tensor in exact.items():
-            assert cast[name].dtype == convert.DTYPES[dtype] and cast[name].shape == tensor.shape
+            assert cast[name].dtype == RUNTIME[dtype] and cast[name].shape == tensor.shape
             error = (cast[name].double() - tensor).abs()
             assert bool((error <= (1 + 1e-3) * resolution * tensor.abs() + 1e-30).all()), name
 
@@ -235,7 +238,7 @@ def test_convert_with_slowdown_writes_the_choice_and_records_it(tiny_llama, tiny
     """
     from packager import api
     from packager.formats.record import read_record
-    from packager.stages.convert import ConvertOptions
+    from packager.stages.options import ConvertOptions
     from packager.stages.plan import slowdown as autoslowdown
 
     def machine(model, checkpoint, sizer, order, expanded, *, context, **_):
@@ -251,7 +254,7 @@ def test_convert_with_slowdown_writes_the_choice_and_records_it(tiny_llama, tiny
     assert record["transform"]["order"] == chosen["order"] == result.spec["order"]
     assert record["transform"]["coverage"] == pytest.approx(chosen["coverage"], abs=0.02)
     source = open_checkpoint(tiny_llama)
-    written = sizing.predicted_decode_slowdown(sizing.folder_tensors(out), sizing.folder_tensors(tiny_llama),
+    written = sizing.predicted_decode_slowdown(folder_tensors(out), folder_tensors(tiny_llama),
                                                source.config, dtype="float32", context=chosen["context"])
     assert written == pytest.approx(chosen["predicted"], rel=0.02)  # the bytes model of what was written
 
@@ -289,12 +292,13 @@ def test_slowdown_falls_back_to_the_bytes_model_when_timing_would_not_fit(tiny_l
                                                                           monkeypatch):
     """A publishing machine without room for the release beside the model: no timing is attempted, the
     choice rests on the bytes model, and the record says so."""
-    from packager.stages.calibrate import Stats
-    from packager.stages.convert import ConvertOptions
+    from packager.formats.stats import Stats
+    from packager.stages.options import ConvertOptions
+    from packager.stages.plan import measure
     from packager.stages.plan import slowdown as autoslowdown
 
     source = open_checkpoint(tiny_llama)
-    monkeypatch.setattr(autoslowdown, "available_memory", lambda device: 1024)  # 1 KB free
+    monkeypatch.setattr(measure, "available_memory", lambda device: 1024)  # 1 KB free
     choice = autoslowdown.choose_slowdown(source, source.load_model(), Stats.load(tiny_llama_stats),
                                           ConvertOptions(slowdown=3.0))
     assert choice.measured is None and choice.timings == []

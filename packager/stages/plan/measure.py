@@ -1,0 +1,189 @@
+"""Measuring a `--slowdown` candidate on the source model in memory: its decode time and its fidelity.
+
+Timing swaps in runtime `TaylorMLP`s of the candidate's shapes (their values do not change the time) and
+decodes interleaved with the source; fidelity swaps in MLPs that compute the candidate's series from
+its fits, without the (N+1)-fold matrix. Both put the source's modules back afterwards.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+
+import torch
+from torch import nn
+
+from packager.formats.checkpoint import Checkpoint
+from packager.maths.series.fit import ChannelFit
+from packager.maths.sizing import ReleaseSizer
+from packager.maths.transform import LayerPlan
+from packager.stages.bench import Contender, measure_decode
+from packager.stages.evaluate import Agreement
+from packager.stages.swap import MlpSet
+
+#: Timed decode steps per model for each measurement (after warm-up), batch 1.
+TIMING_STEPS = 12
+TIMING_WARMUP = 2
+#: Rows of tokens per series evaluation chunk in the fidelity path (bounds its memory).
+_CHUNK_ROWS = 512
+
+
+def pad(fit: ChannelFit, order: int) -> ChannelFit:
+    """The fit with zero coefficients appended up to `order`."""
+    extra = order + 1 - fit.coefficients.shape[-1]
+    return dataclasses.replace(fit, coefficients=torch.nn.functional.pad(fit.coefficients, (0, extra)))
+
+
+def release_fits(plans: list[LayerPlan], masks: list[torch.Tensor], order: int) -> list[ChannelFit]:
+    """Per unit, the fit each channel is released with: uniform order, or base / boost orders."""
+    from packager.maths.transform import boost_channels
+
+    boosts = boost_channels(plans, masks, order)
+    if boosts is None:
+        return [plan.fit for plan in plans]
+    fits = []
+    for plan, boosted in zip(plans, boosts, strict=True):
+        base, boost = pad(plan.base, plan.boost.coefficients.shape[-1] - 1), plan.boost
+        column = boosted.unsqueeze(-1)
+        fits.append(dataclasses.replace(boost, centre=torch.where(boosted, boost.centre, base.centre),
+                                        half_width=torch.where(boosted, boost.half_width, base.half_width),
+                                        coefficients=torch.where(column, boost.coefficients, base.coefficients),
+                                        error=torch.where(boosted, boost.error, base.error)))
+    return fits
+
+
+# -- timing ---------------------------------------------------------------------------------------
+
+
+def _timing_modules(model, checkpoint: Checkpoint, sizer: ReleaseSizer, order: int, expanded: list[int]
+                    ) -> list[nn.Module]:
+    """Runtime TaylorMLPs with the release's shapes and harmless constant values (time is all that counts)."""
+    from packager.runtime.modeling_unswift import TaylorMLP
+
+    parameter = next(model.parameters())
+    spec = {"gated": sizer.gated, "order": order, "basis": "chebyshev", "extrapolation": "linear",
+            "hidden_act": checkpoint.adapter.activation_name(checkpoint.config),
+            "out_bias": any(u.down_bias for u in sizer.units),
+            "layers": [{"intermediate": u.intermediate, "expanded": e} for u, e in zip(sizer.units, expanded,
+                                                                                       strict=True)]}
+    modules = []
+    for index, unit in enumerate(sizer.units):
+        mlp = TaylorMLP(types.SimpleNamespace(unswift=spec, hidden_size=unit.hidden), index)
+        with torch.no_grad():
+            for name, tensor in mlp.named_parameters():
+                tensor.fill_(0.0 if name.endswith("bias") else 1e-3)  # written: real pages, no denormals
+        modules.append(mlp.to(device=parameter.device, dtype=parameter.dtype))
+    return modules
+
+
+def measure_slowdown(model, checkpoint: Checkpoint, sizer: ReleaseSizer, order: int, expanded: list[int], *,
+                     context: int, steps: int = TIMING_STEPS, warmup: int = TIMING_WARMUP) -> float:
+    """Measured decode slowdown (batch 1) of a release of these shapes, against the model as it is."""
+    original = MlpSet(model, checkpoint.adapter)
+    release = MlpSet(model, checkpoint.adapter, _timing_modules(model, checkpoint, sizer, order, expanded))
+    device = str(next(model.parameters()).device)
+    try:
+        ref, rel = measure_decode([Contender(model, original.install), Contender(model, release.install)],
+                                  vocab=int(model.config.vocab_size), device=device, batch=1, context=context,
+                                  steps=steps, warmup=warmup)
+    finally:
+        original.install()
+    return rel / ref
+
+
+#: Timing modules may take this share of the memory available (the rest: activations, the allocator).
+ROOM_SHARE = 0.8
+
+
+class NoRoom(Exception):
+    """A candidate's timing modules would not fit beside the model."""
+
+
+def available_memory(device: torch.device) -> int:
+    """Bytes that can still be allocated on `device` (CUDA: free memory; CPU: the kernel's MemAvailable)."""
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    try:
+        with open("/proc/meminfo") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def timing_memory(model, sizer: ReleaseSizer, order: int, expanded: list[int]) -> tuple[int, int]:
+    """(bytes the timing modules of this release need at the model's dtype, bytes available on its device)."""
+    parameter = next(model.parameters())
+    size = parameter.element_size()
+    needed = sum(spec.numel * size for name, spec in sizer.tensors(order, expanded).items()
+                 if name.endswith(("in_proj.weight", "in_proj.bias", "theta", "out_bias")))
+    return needed, available_memory(parameter.device)
+
+
+# -- fidelity -------------------------------------------------------------------------------------
+
+
+class _SeriesMLP(nn.Module):
+    """One dense source MLP computing the release's function: the series on expanded channels.
+
+    Evaluated from the fit (centre, half-width, coefficients) instead of Θ: the release's hardening
+    (signs, scales, permutation) changes no value, so this is the release's output up to rounding.
+    """
+
+    def __init__(self, original: nn.Module, checkpoint: Checkpoint, fit: ChannelFit, mask: torch.Tensor) -> None:
+        from transformers.activations import ACT2FN
+
+        from packager.runtime.modeling_unswift import SeriesBasis
+
+        super().__init__()
+        self.original = original
+        self.adapter = checkpoint.adapter
+        self.act = ACT2FN[checkpoint.adapter.activation_name(checkpoint.config)]
+        index = torch.nonzero(mask).flatten()
+        coefficients = fit.coefficients[index]
+        used = coefficients.abs().amax(0) > 0 if index.numel() else torch.zeros(1, dtype=torch.bool)
+        nonzero = torch.nonzero(used).flatten()
+        degree = int(nonzero.max()) if nonzero.numel() else 0  # trailing zero terms add nothing
+        parameter = next(original.parameters())
+        self.register_buffer("index", index.to(parameter.device), persistent=False)
+        self.register_buffer("centre", fit.centre[index].to(parameter.device, torch.float32), persistent=False)
+        self.register_buffer("half_width", fit.half_width[index].to(parameter.device, torch.float32), persistent=False)
+        self.register_buffer("coefficients", coefficients[:, : degree + 1].to(parameter.device, torch.float32),
+                             persistent=False)
+        self.basis = SeriesBasis(degree, fit.basis, fit.extrapolation)
+
+    def forward(self, x):
+        g, u = self.adapter.preactivations(self.original, x)
+        a = self.act(g)
+        if self.index.numel():
+            t = (g.index_select(-1, self.index).float() - self.centre) / self.half_width
+            t = t.reshape(-1, self.index.numel())
+            series = torch.cat([(self.basis(rows) * self.coefficients).sum(-1) for rows in t.split(_CHUNK_ROWS)])
+            a = a.index_copy(-1, self.index, series.view(*g.shape[:-1], -1).to(a.dtype))
+        h = a * u if u is not None else a
+        return getattr(self.original, self.adapter.down)(h)
+
+
+@torch.no_grad()
+def measure_fidelity(model, checkpoint: Checkpoint, plans: list[LayerPlan], masks: list[torch.Tensor], order: int,
+                     ids: torch.Tensor, reference: list[torch.Tensor], *, batch_size: int = 4) -> dict:
+    """Teacher-forced top-1 agreement and KL of the release function against `reference` logits."""
+    originals = MlpSet(model, checkpoint.adapter)
+    fits = release_fits(plans, masks, order)
+    series = MlpSet(model, checkpoint.adapter, [_SeriesMLP(module, checkpoint, fit, mask) for module, fit, mask
+                                                in zip(originals.modules, fits, masks, strict=True)])
+    device = next(model.parameters()).device
+    agreement = Agreement()
+    series.install()
+    try:
+        for batch, ref in zip(ids.split(batch_size), reference, strict=True):
+            logits = model(input_ids=batch.to(device)).logits[:, :-1].float().cpu()
+            agreement.add(ref, logits, batch[:, 1:])
+    finally:
+        originals.install()
+    return {"top1_agreement": agreement.top1_agreement, "kl_mean": agreement.kl_mean, "tokens": agreement.tokens}
+
+
