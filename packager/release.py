@@ -157,8 +157,10 @@ def release(
         if _signed_by(out, signing_key):
             report.stages["sign"] = "skipped (valid signature by this key)"
         else:
+            from packager.publish.seal import seal
+
             say("card + sign")
-            signing.sign(out, signing_key)
+            seal(out, signing_key)
             report.stages["sign"] = "done"
         report.fields["key_fingerprint"] = fingerprint
     else:

@@ -15,8 +15,10 @@ import click
 
 from packager.cli._app import common_options, main, reporting
 from packager.errors import CheckFailed, UsageError
+from packager.formats.names import SIGNATURE
 from packager.formats.record import read_record
 from packager.publish import signing
+from packager.publish.seal import seal
 
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
@@ -69,7 +71,7 @@ def sign_command(release: str, key: str | None, as_json: bool, quiet: bool, debu
         key_path = key or _env_key_path()
         if key_path is not None and _readable_by_others(key_path):
             report.say(f"warning: signing key '{key_path}' is readable by other users; chmod 600 it")
-        result = signing.sign(release, key)
+        result = seal(release, key)
         report.update(result.to_json())
         report.say(f"signed {len(result.files)} files of {result.release_dir} into {result.signature}")
         report.say(f"key fingerprint: {result.key_fingerprint}")
@@ -129,7 +131,7 @@ def verify_command(target: str, key: str | None, revision: str | None, endpoint:
                 hint="do not load these files; download the release again or ask the publisher",
                 details=result.to_json(),
             )
-        report.say(f"verified: all {len(result.files)} files of '{target}' match {signing.SIGNATURE_NAME}")
+        report.say(f"verified: all {len(result.files)} files of '{target}' match {SIGNATURE}")
         report.say(f"signed by key fingerprint {result.key_fingerprint}; compare it with the card")
 
 

@@ -5,9 +5,10 @@ so the card and the record cannot disagree. Where the record has no measurement 
 instead of showing a number. The wording about protection is deliberately modest: TaylorMLP is
 reversible by algebra, and the card quotes what the audit measured rather than promising more.
 
-The text lives in the package data `packager/publish/templates/model_card.md` (Python `string.Template`); this module builds the pieces
-that depend on the record (tables, conditional paragraphs) and the YAML header, which comes from
-huggingface_hub's `ModelCardData` so that the Hub reads it as it reads any card.
+The text lives in the package data `packager/publish/templates/model_card.md` (Python `string.Template`),
+so an installed wheel renders cards too. This module builds the pieces that depend on the record
+(tables, conditional paragraphs) and the YAML header, which comes from huggingface_hub's `ModelCardData`
+so that the Hub reads it as it reads any card.
 """
 
 from __future__ import annotations
@@ -25,14 +26,13 @@ from huggingface_hub import ModelCardData
 
 from packager.errors import UsageError
 from packager.formats.atomic import write_text_atomic
-from packager.formats.record import RECORD, read_record
-from packager.publish.signing import SIGNATURE_NAME
+from packager.formats.names import CARD, RECORD, SIGNATURE
+from packager.formats.record import read_record
 
-CARD_NAME = "README.md"
 #: The card template ships inside the package (package data), so an installed wheel renders cards too.
 TEMPLATE = ("packager.publish", "templates/model_card.md")
 
-#: How the card describes each attack the audit runs (CONTRACT, `audit.attacks[].name`).
+#: How the card describes each attack the audit runs (docs/INTERFACE.md, `audit.attacks[].name`).
 _ATTACKS = {
     "coefficient_ratio": "the published closed-form attack, which reads weights off coefficient ratios",
     "kerckhoffs": "an attacker who knows unswift's method but not the publisher's secret",
@@ -48,7 +48,7 @@ class CardResult:
     signature_removed: bool
 
     def to_json(self) -> dict[str, Any]:
-        """The `card` JSON fields (CONTRACT)."""
+        """The `card` JSON fields (docs/INTERFACE.md)."""
         return {"readme": str(self.readme), "signature_removed": self.signature_removed}
 
     def message(self) -> str:
@@ -57,7 +57,7 @@ class CardResult:
             return f"wrote {self.readme}"
         folder = self.readme.parent
         return (
-            f"wrote {self.readme}; removed {folder / SIGNATURE_NAME}, which no longer matched: "
+            f"wrote {self.readme}; removed {folder / SIGNATURE}, which no longer matched: "
             f"re-sign with: unswift sign {folder} --key KEY"
         )
 
@@ -77,11 +77,11 @@ def card(release_dir: str | os.PathLike[str]) -> CardResult:
     """
     root = Path(release_dir)
     text = render(read_record(root))  # a bad record fails here, before the signature is touched
-    signature = root / SIGNATURE_NAME
+    signature = root / SIGNATURE
     removed = signature.exists()
     if removed:
         signature.unlink()
-    readme = root / CARD_NAME
+    readme = root / CARD
     write_text_atomic(readme, text)
     return CardResult(readme, removed)
 
@@ -89,7 +89,7 @@ def card(release_dir: str | os.PathLike[str]) -> CardResult:
 def write_readme(release_dir: str | os.PathLike[str]) -> Path:
     """Render README.md from the folder's `unswift.json` and write it atomically; `model.sig` is untouched.
 
-    `sign` calls this between updating the record and signing; users call `card`, which also removes
+    `seal` calls this between updating the record and signing; users call `card`, which also removes
     a signature that the new README would no longer match.
 
     Args:
@@ -102,7 +102,7 @@ def write_readme(release_dir: str | os.PathLike[str]) -> Path:
         UsageError: No release folder, or its `unswift.json` is missing or not a release record.
     """
     root = Path(release_dir)
-    readme = root / CARD_NAME
+    readme = root / CARD
     write_text_atomic(readme, render(read_record(root)))
     return readme
 
