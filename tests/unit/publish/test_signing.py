@@ -40,7 +40,7 @@ def keys(tmp_path_factory) -> signing.KeyPair:
 
 @pytest.fixture(scope="module")
 def signed(tmp_path_factory, keys) -> Path:
-    """One signed release per module; tests copy it before changing anything."""
+    """One signed release per module (sealed, as `unswift sign` does); tests copy it before changing anything."""
     release = make_release(tmp_path_factory.mktemp("signed") / "release")
     seal(release, keys.private_key)
     return release
@@ -206,6 +206,13 @@ def test_sign_refuses_what_must_not_be_published(release_copy, keys, plant, mess
     with pytest.raises(UsageError, match=message):
         signing.sign(release_copy, keys.private_key)
     assert (release_copy / "model.sig").exists()  # refused before anything changed
+
+
+def test_sign_checks_the_key_before_touching_the_release(release_copy, tmp_path):
+    before = {p.name: p.read_bytes() for p in release_copy.iterdir()}
+    with pytest.raises(UsageError):
+        signing.sign(release_copy, write_key(tmp_path / "ed.pem", ed25519.Ed25519PrivateKey.generate()))
+    assert {p.name: p.read_bytes() for p in release_copy.iterdir()} == before
 
 
 def test_sign_signs_a_folder_as_it_stands_without_a_record_or_card(tmp_path, keys):
