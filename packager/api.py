@@ -251,9 +251,9 @@ def keygen(out: str | Path, *, curve: str = "P-256", overwrite: bool = False) ->
 
 def sign(release_dir: str | Path, key=None) -> SignResult:
     """Record the payload digests and key fingerprint, render the card, then write `model.sig` last."""
-    from packager.publish.signing import sign as run
+    from packager.publish.seal import seal
 
-    return run(release_dir, key)
+    return seal(release_dir, key)
 
 
 def verify(target: str | Path, public_key, *, revision: str | None = None, endpoint: str | None = None,

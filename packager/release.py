@@ -220,6 +220,7 @@ def _audit(run: _Run) -> str:
 
 def _sign(run: _Run) -> str:
     from packager.publish import signing
+    from packager.publish.seal import seal
 
     if run.publish.repo is not None:
         tag = run.publish.tag or f"unswift-{run.inputs[:12]}"
@@ -233,7 +234,7 @@ def _sign(run: _Run) -> str:
     if _signed_by(run.out, run.signing_key):
         return "skipped (valid signature by this key)"
     run.say("card + sign")
-    signing.sign(run.out, run.signing_key)
+    seal(run.out, run.signing_key)
     return "done"
 
 

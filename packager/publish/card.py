@@ -5,9 +5,10 @@ so the card and the record cannot disagree. Where the record has no measurement 
 instead of showing a number. The wording about protection is deliberately modest: TaylorMLP is
 reversible by algebra, and the card quotes what the audit measured rather than promising more.
 
-The text lives in the package data `packager/publish/templates/model_card.md` (Python `string.Template`); this module builds the pieces
-that depend on the record (tables, conditional paragraphs) and the YAML header, which comes from
-huggingface_hub's `ModelCardData` so that the Hub reads it as it reads any card.
+The text lives in the package data `packager/publish/templates/model_card.md` (Python `string.Template`),
+so an installed wheel renders cards too. This module builds the pieces that depend on the record
+(tables, conditional paragraphs) and the YAML header, which comes from huggingface_hub's `ModelCardData`
+so that the Hub reads it as it reads any card; `formatting` writes each figure.
 """
 
 from __future__ import annotations
@@ -20,19 +21,18 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import yaml
 from huggingface_hub import ModelCardData
 
 from packager.errors import UsageError
 from packager.formats.atomic import write_text_atomic
-from packager.formats.record import RECORD, read_record
-from packager.publish.signing import SIGNATURE_NAME
+from packager.formats.names import CARD, RECORD, SIGNATURE
+from packager.formats.record import read_record
+from packager.publish.formatting import byte_size, number, percent, seconds, times, yaml_block
 
-CARD_NAME = "README.md"
 #: The card template ships inside the package (package data), so an installed wheel renders cards too.
 TEMPLATE = ("packager.publish", "templates/model_card.md")
 
-#: How the card describes each attack the audit runs (CONTRACT, `audit.attacks[].name`).
+#: How the card describes each attack the audit runs (docs/INTERFACE.md, `audit.attacks[].name`).
 _ATTACKS = {
     "coefficient_ratio": "the published closed-form attack, which reads weights off coefficient ratios",
     "kerckhoffs": "an attacker who knows unswift's method but not the publisher's secret",
@@ -48,7 +48,7 @@ class CardResult:
     signature_removed: bool
 
     def to_json(self) -> dict[str, Any]:
-        """The `card` JSON fields (CONTRACT)."""
+        """The `card` JSON fields (docs/INTERFACE.md)."""
         return {"readme": str(self.readme), "signature_removed": self.signature_removed}
 
     def message(self) -> str:
@@ -57,7 +57,7 @@ class CardResult:
             return f"wrote {self.readme}"
         folder = self.readme.parent
         return (
-            f"wrote {self.readme}; removed {folder / SIGNATURE_NAME}, which no longer matched: "
+            f"wrote {self.readme}; removed {folder / SIGNATURE}, which no longer matched: "
             f"re-sign with: unswift sign {folder} --key KEY"
         )
 
@@ -77,11 +77,11 @@ def card(release_dir: str | os.PathLike[str]) -> CardResult:
     """
     root = Path(release_dir)
     text = render(read_record(root))  # a bad record fails here, before the signature is touched
-    signature = root / SIGNATURE_NAME
+    signature = root / SIGNATURE
     removed = signature.exists()
     if removed:
         signature.unlink()
-    readme = root / CARD_NAME
+    readme = root / CARD
     write_text_atomic(readme, text)
     return CardResult(readme, removed)
 
@@ -89,7 +89,7 @@ def card(release_dir: str | os.PathLike[str]) -> CardResult:
 def write_readme(release_dir: str | os.PathLike[str]) -> Path:
     """Render README.md from the folder's `unswift.json` and write it atomically; `model.sig` is untouched.
 
-    `sign` calls this between updating the record and signing; users call `card`, which also removes
+    `seal` calls this between updating the record and signing; users call `card`, which also removes
     a signature that the new README would no longer match.
 
     Args:
@@ -102,7 +102,7 @@ def write_readme(release_dir: str | os.PathLike[str]) -> Path:
         UsageError: No release folder, or its `unswift.json` is missing or not a release record.
     """
     root = Path(release_dir)
-    readme = root / CARD_NAME
+    readme = root / CARD
     write_text_atomic(readme, render(read_record(root)))
     return readme
 
@@ -149,7 +149,7 @@ def render(record: dict[str, Any]) -> str:
         fidelity=_fidelity(record.get("eval")),
         slowdown=_slowdown(record.get("bench")),
         protection=_protection(record.get("audit")),
-        recipe=_yaml(transform),
+        recipe=yaml_block(transform),
         calibration=_calibration(record.get("calibration")),
         tool_version=(record.get("tool") or {}).get("version", "unknown"),
         format_version=record.get("format_version", "unknown"),
@@ -158,63 +158,13 @@ def render(record: dict[str, Any]) -> str:
     )
 
 
-# ------------------------------------------------------------------------------------------ formatting
-
-
-def _pct(value: float | None) -> str:
-    """A fraction as a percentage, with enough decimals never to round 0.99996 up to 100 or 3e-5 to 0."""
-    if value is None:
-        return "not measured"
-    for digits in range(2, 8):
-        text = f"{value * 100:.{digits}f}"
-        if not ((value < 1 and float(text) >= 100) or (value > 0 and float(text) == 0)):
-            break
-    return f"{text} %"
-
-
-def _num(value: float | int | None) -> str:
-    if value is None:
-        return "not measured"
-    if isinstance(value, int) and not isinstance(value, bool):
-        return f"{value:,}"
-    return f"{value:.4g}"
-
-
-def _times(value: float | None) -> str:
-    return "not measured" if value is None else f"{value:.2f}×"
-
-
-def _seconds(value: float | None) -> str:
-    if value is None:
-        return "not measured"
-    return f"{value:.0f} s" if value >= 100 else f"{value:.3g} s"
-
-
-class _PlainDumper(yaml.SafeDumper):
-    """YAML without anchors: a repeated value is written out again, as a reader expects."""
-
-    def ignore_aliases(self, data: Any) -> bool:
-        return True
-
-
-def _yaml(section: dict[str, Any], *, compact: bool = True) -> str:
-    """A record section as a YAML block; `compact` puts each leaf mapping or list on one line."""
-    flow = None if compact else False
-    text = yaml.dump(section, Dumper=_PlainDumper, sort_keys=False, default_flow_style=flow, width=100)
-    return text.rstrip()
-
-
-def _bytes(count: int) -> str:
-    return f"{count / 2**30:.2f} GiB" if count >= 2**30 else f"{count / 2**20:.2f} MiB"
-
-
 #: The fidelity table: label, `eval` key, formatter.
 _EVAL_ROWS: tuple[tuple[str, str, Callable[[Any], str]], ...] = (
-    ("top-1 agreement (same next token as the source)", "top1_agreement", _pct),
-    ("KL(source ‖ release), nats per token", "kl_mean", _num),
-    ("perplexity of the source", "ppl_reference", _num),
-    ("perplexity of the release", "ppl_release", _num),
-    ("greedy match (prompts whose greedy continuation is identical)", "greedy_match", _pct),
+    ("top-1 agreement (same next token as the source)", "top1_agreement", percent),
+    ("KL(source ‖ release), nats per token", "kl_mean", number),
+    ("perplexity of the source", "ppl_reference", number),
+    ("perplexity of the release", "ppl_release", number),
+    ("greedy match (prompts whose greedy continuation is identical)", "greedy_match", percent),
 )
 
 
@@ -248,12 +198,12 @@ def _what(source: dict[str, Any], transform: dict[str, Any]) -> str:
         f"`{value}`" for value in (source.get("architecture"), source.get("dtype")) if value
     )
     if isinstance(source.get("num_parameters"), int):
-        described += f", {_num(source['num_parameters'])} parameters"
+        described += f", {number(source['num_parameters'])} parameters"
     basis = ", ".join(f"{key} `{transform[key]}`" for key in ("basis", "fit", "extrapolation")
                       if key in transform)
     order = transform.get("order", "unknown")
     coverage = transform.get("coverage")
-    coverage = _pct(coverage) if isinstance(coverage, int | float) else "unknown"
+    coverage = percent(coverage) if isinstance(coverage, int | float) else "unknown"
     hardening = transform.get("hardening") or {}
     if hardening.get("enabled"):
         parts = [key for key in ("signs", "scales", "permutation") if hardening.get(key)]
@@ -283,7 +233,7 @@ def _memory(size: dict[str, Any], dtype: str) -> str:
     if not weights:
         return "not recorded."
     return (
-        f"about {_bytes(weights)} for the weights as stored ({dtype}), plus activations and the KV cache, "
+        f"about {byte_size(weights)} for the weights as stored ({dtype}), plus activations and the KV cache, "
         "which grow with batch size and context length."
     )
 
@@ -291,8 +241,8 @@ def _memory(size: dict[str, Any], dtype: str) -> str:
 def _disk(size: dict[str, Any]) -> str:
     if not size.get("release_bytes"):
         return "not recorded."
-    source = f" (the source checkpoint: {_bytes(size['source_bytes'])})" if size.get("source_bytes") else ""
-    return f"{_bytes(size['release_bytes'])} of release files{source}."
+    source = f" (the source checkpoint: {byte_size(size['source_bytes'])})" if size.get("source_bytes") else ""
+    return f"{byte_size(size['release_bytes'])} of release files{source}."
 
 
 def _verify_intro(fingerprint: str | None) -> str:
@@ -320,7 +270,7 @@ def _fidelity(evaluation: dict[str, Any] | None) -> str:
     text = f" of {evaluation['text_source']} text" if evaluation.get("text_source") else ""
     lines = [
         _command_line(evaluation, "unswift eval RELEASE --reference SOURCE")
-        + f" Both models read the same {_num(tokens) + ' ' if tokens is not None else ''}tokens{text}, "
+        + f" Both models read the same {number(tokens) + ' ' if tokens is not None else ''}tokens{text}, "
         "teacher-forced. The noise floor is the same metric for the source computed a second, "
         "mathematically identical way: differences below it are numerical noise.",
         "",
@@ -337,7 +287,7 @@ def _fidelity(evaluation: dict[str, Any] | None) -> str:
             value = "not measured (no tokenizer)"
         lines.append(f"| {label} | {value} | {shown} |")
     if isinstance(floor, int | float) and not isinstance(floor, bool):
-        lines.append(f"\nNoise floor: {_num(floor)}.")
+        lines.append(f"\nNoise floor: {number(floor)}.")
     return "\n".join(lines)
 
 
@@ -357,8 +307,8 @@ def _slowdown(bench: list[dict[str, Any]] | dict[str, Any] | None) -> str:
     for entry in bench:
         lines.append(
             f"| {entry.get('device', '?')} | {entry.get('dtype', '?')} | {entry.get('batch', '?')} | "
-            f"{_times(entry.get('decode_slowdown'))} | {_times(entry.get('prefill_slowdown'))} | "
-            f"{_times(entry.get('predicted_decode_slowdown'))} |"
+            f"{times(entry.get('decode_slowdown'))} | {times(entry.get('prefill_slowdown'))} | "
+            f"{times(entry.get('predicted_decode_slowdown'))} |"
         )
     return "\n".join(lines)
 
@@ -378,7 +328,7 @@ def _protection(audit: dict[str, Any] | None) -> str:
     lines = [caution, "", _command_line(audit, "unswift audit RELEASE --reference SOURCE") + " It found:", ""]
     if audit.get("protected_param_fraction") is not None:
         lines.append(
-            f"- Protected parameters: {_pct(audit['protected_param_fraction'])} of the source's parameters "
+            f"- Protected parameters: {percent(audit['protected_param_fraction'])} of the source's parameters "
             "do not appear in the release as they are (exactly, or up to sign and permutation); the others "
             "do."
         )
@@ -387,11 +337,11 @@ def _protection(audit: dict[str, Any] | None) -> str:
         rebuilt = attack.get("rebuilt_top1")
         lines.append(
             f"- Attack `{name}` ({_ATTACKS.get(name, 'an attack the audit ran')}): recovered "
-            f"{_pct(attack.get('recovered_fraction'))} of the attacked weights' elements to within one "
-            f"percent relative error (overall relative error {_num(attack.get('relative_error'))}) in "
-            f"{_seconds(attack.get('seconds'))}"
+            f"{percent(attack.get('recovered_fraction'))} of the attacked weights' elements to within one "
+            f"percent relative error (overall relative error {number(attack.get('relative_error'))}) in "
+            f"{seconds(attack.get('seconds'))}"
             + (
-                f" ({_pct(attack['recovered_fraction_up_to_scale'])} once each channel's secret scale, which "
+                f" ({percent(attack['recovered_fraction_up_to_scale'])} once each channel's secret scale, which "
                 "does not change what the model computes, is set aside)"
                 if attack.get("recovered_fraction_up_to_scale") is not None
                 else ""
@@ -399,8 +349,8 @@ def _protection(audit: dict[str, Any] | None) -> str:
             + "; "
             + (
                 f"a model rebuilt from what it recovered gives the same next token as the source "
-                f"{_pct(rebuilt)} of the time"
-                + (f" (the release itself: {_pct(audit['release_top1'])})."
+                f"{percent(rebuilt)} of the time"
+                + (f" (the release itself: {percent(audit['release_top1'])})."
                    if audit.get("release_top1") is not None else ".")
                 if rebuilt is not None
                 else "no model was rebuilt from it."
@@ -431,7 +381,7 @@ def _calibration(calibration: dict[str, Any] | None) -> str:
         return "No calibration summary is recorded."
     return (
         "The calibration that set the expansion intervals (`calibration` in `unswift.json`):\n\n"
-        f"```yaml\n{_yaml(calibration, compact=False)}\n```"
+        f"```yaml\n{yaml_block(calibration, compact=False)}\n```"
     )
 
 
@@ -449,7 +399,7 @@ def _limitations(record: dict[str, Any]) -> str:
     if transform.get("extrapolation") == "linear":
         outside = calibration.get("outside_interval_fraction")
         seen = (
-            f" During calibration, {_pct(outside)} of gate pre-activations fell outside the intervals."
+            f" During calibration, {percent(outside)} of gate pre-activations fell outside the intervals."
             if isinstance(outside, int | float)
             else ""
         )

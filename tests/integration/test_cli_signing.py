@@ -15,11 +15,13 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 from support.releases import RELEASE_FILES, TAMPERS, hub_cache_snapshot, make_release, write_key
 
 from packager.cli import cli
 from packager.publish import signing
+from packager.publish.seal import seal
 
 
 def run(*args: str, env: dict[str, str] | None = None):
@@ -57,7 +59,7 @@ def keys(tmp_path_factory) -> signing.KeyPair:
 @pytest.fixture(scope="module")
 def signed(tmp_path_factory, keys) -> Path:
     release = make_release(tmp_path_factory.mktemp("signed") / "release")
-    signing.sign(release, keys.private_key)
+    seal(release, keys.private_key)
     return release
 
 
@@ -95,7 +97,7 @@ def test_keygen_refuses_to_overwrite_without_the_flag(tmp_path):
 # ------------------------------------------------------------------------------------------------ sign
 
 
-def test_sign_reports_contract_fields(tmp_path, keys):
+def test_sign_reports_interface_fields(tmp_path, keys):
     release = make_release(tmp_path / "release")
     result = run("sign", str(release), "--key", str(keys.private_key), "--json")
     assert result.exit_code == 0, result.output
@@ -194,8 +196,8 @@ def test_verify_a_corrupted_signature_fails(release_copy, keys):
 def test_verify_with_an_ed25519_public_key_is_a_usage_error(signed, tmp_path):
     private = ed25519.Ed25519PrivateKey.generate()
     pub = tmp_path / "ed.pub"
-    pub.write_bytes(private.public_key().public_bytes(signing.serialization.Encoding.PEM,
-                                                      signing.serialization.PublicFormat.SubjectPublicKeyInfo))
+    pub.write_bytes(private.public_key().public_bytes(serialization.Encoding.PEM,
+                                                      serialization.PublicFormat.SubjectPublicKeyInfo))
     result = run("verify", str(signed), "--key", str(pub))
     assert result.exit_code == 2
     assert "Ed25519" in result.stderr

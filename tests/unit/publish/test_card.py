@@ -13,6 +13,7 @@ from support.releases import make_release, sample_record
 
 from packager.errors import UsageError
 from packager.publish import card, signing
+from packager.publish.seal import seal
 
 FORBIDDEN = re.compile(r"irreversib|unrecoverab|secur", re.IGNORECASE)
 
@@ -194,7 +195,7 @@ def test_card_writes_readme_and_reports_no_signature_on_unsigned_release(tmp_pat
 def test_card_on_a_signed_release_removes_the_signature_and_says_to_resign(tmp_path):
     release = make_release(tmp_path / "release")
     pair = signing.generate_key(tmp_path / "k.pem")
-    signing.sign(release, pair.private_key)
+    seal(release, pair.private_key)
     readme = (release / "README.md").read_text()
     assert pair.key_fingerprint in readme
     result = card.card(release)

@@ -8,6 +8,7 @@ small fake release folders (the real converter is tested elsewhere); they live i
 from __future__ import annotations
 
 import base64
+import importlib
 import json
 import shutil
 import stat
@@ -29,6 +30,7 @@ from support.releases import (
 from packager.errors import CheckFailed, UsageError
 from packager.formats.files import sha256_file
 from packager.publish import signing
+from packager.publish.seal import seal
 
 
 @pytest.fixture(scope="module")
@@ -38,9 +40,9 @@ def keys(tmp_path_factory) -> signing.KeyPair:
 
 @pytest.fixture(scope="module")
 def signed(tmp_path_factory, keys) -> Path:
-    """One signed release per module; tests copy it before changing anything."""
+    """One signed release per module (sealed, as `unswift sign` does); tests copy it before changing anything."""
     release = make_release(tmp_path_factory.mktemp("signed") / "release")
-    signing.sign(release, keys.private_key)
+    seal(release, keys.private_key)
     return release
 
 
@@ -146,21 +148,6 @@ def test_password_protected_public_and_missing_keys_are_usage_errors(tmp_path, k
 # ------------------------------------------------------------------------------------------- signing
 
 
-def test_sign_records_payload_and_fingerprint_then_card_then_signature(tmp_path, keys):
-    release = make_release(tmp_path / "release")
-    result = signing.sign(release, keys.private_key)
-    record = json.loads((release / "unswift.json").read_text())
-    assert set(record["payload"]) == set(RELEASE_FILES) - {"README.md", "unswift.json"}
-    assert record["payload"]["model.safetensors"] == sha256_file(release / "model.safetensors")
-    assert record["signing"]["key_fingerprint"] == keys.key_fingerprint
-    assert keys.key_fingerprint in (release / "README.md").read_text()
-    assert result.files == RELEASE_FILES
-    assert result.signature == release / "model.sig"
-    assert result.to_json() == {"release_dir": str(release), "files": list(RELEASE_FILES),
-                                "key_fingerprint": keys.key_fingerprint,
-                                "signature": str(release / "model.sig")}
-
-
 def test_signature_layout_matches_model_signing_v1(signed):
     bundle = json.loads((signed / "model.sig").read_text())
     assert bundle["mediaType"] == "application/vnd.dev.sigstore.bundle.v0.3+json"
@@ -228,12 +215,33 @@ def test_sign_checks_the_key_before_touching_the_release(release_copy, tmp_path)
     assert {p.name: p.read_bytes() for p in release_copy.iterdir()} == before
 
 
-def test_sign_needs_a_release_record(tmp_path, keys):
-    (tmp_path / "plain").mkdir()
-    with pytest.raises(UsageError, match="unswift.json"):
-        signing.sign(tmp_path / "plain", keys.private_key)
+def test_sign_signs_a_folder_as_it_stands_without_a_record_or_card(tmp_path, keys):
+    folder = tmp_path / "plain"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "weights.bin").write_bytes(b"\1\2\3")
+    (folder / "sub" / "notes.txt").write_text("n\n")
+    result = signing.sign(folder, keys.private_key)
+    assert result.files == ("sub/notes.txt", "weights.bin")
+    assert sorted(path.name for path in folder.iterdir()) == ["model.sig", "sub", "weights.bin"]
+    assert signing.verify(folder, keys.public_key).verified
+    model_signing_verify(folder, keys.public_key)
     with pytest.raises(UsageError, match="not found"):
         signing.sign(tmp_path / "absent", keys.private_key)
+
+
+def test_sign_reads_again_only_the_files_whose_digest_is_not_known(release_copy, keys, monkeypatch):
+    module = importlib.import_module("packager.publish.signing.sign")
+    read: list[str] = []
+
+    def counting(path: Path) -> str:
+        read.append(path.name)
+        return sha256_file(path)
+
+    monkeypatch.setattr(module, "sha256_file", counting)
+    known = {"model.safetensors": sha256_file(release_copy / "model.safetensors")}
+    signing.sign(release_copy, keys.private_key, known=known)
+    assert sorted(read) == sorted(set(RELEASE_FILES) - {"model.safetensors"})
+    assert signing.verify(release_copy, keys.public_key).verified
 
 
 # -------------------------------------------------------------------------------------- verification
