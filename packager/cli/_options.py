@@ -52,7 +52,7 @@ def dry_run_requested() -> bool:
 
 
 def convert_options(func: Callable) -> Callable:
-    """The convert options of CONTRACT, in the order --help shows them.
+    """The convert options (docs/INTERFACE.md#convert-options), in the order --help shows them.
 
     --slowdown, --max-shard-size and --dry-run are not passed to the command function: they reach
     `build_convert_options` (and `dry_run_requested`) through the click context.

@@ -113,7 +113,7 @@ def kv_cache_bytes(config, *, dtype: str, context: int, batch: int = 1) -> int:
 
 def step_bytes(tensors: Mapping[str, TensorSpec], config, *, dtype: str, context: int, batch: int = 1
                ) -> StepBytes:
-    """Bytes one decode step of `batch` sequences at `context` tokens reads (CONTRACT's bytes model)."""
+    """Bytes one decode step of `batch` sequences at `context` tokens reads (docs/INTERFACE.md#bytes-model)."""
     tied = bool(_get(config, "tie_word_embeddings", False))
     share = routed_share(config, batch)
     weights = 0.0

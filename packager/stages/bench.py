@@ -46,7 +46,7 @@ PREFILL_REPEATS = 3
 
 @dataclass(frozen=True)
 class BenchEntry:
-    """One (device, dtype, batch) measurement: CONTRACT's `bench` fields plus the raw times."""
+    """One (device, dtype, batch) measurement: the `bench` fields of docs/INTERFACE.md#cmd-bench plus the raw times."""
 
     decode_slowdown: float
     prefill_slowdown: float
@@ -75,7 +75,7 @@ class BenchEntry:
 
 @dataclass(frozen=True)
 class BenchReport:
-    """Every entry measured; the batch-1 entry (else the first) gives the top-level CONTRACT fields."""
+    """Every entry measured; the batch-1 entry (else the first) gives the top-level fields (docs/INTERFACE.md#cmd-bench)."""
 
     entries: list[BenchEntry] = field(default_factory=list)
 
@@ -280,13 +280,13 @@ def bench(
         reference: the source checkpoint (folder, Hub id or an opened `Checkpoint`).
         device: "cpu" or "cuda[:i]"; default cuda if present, else cpu.
         dtype: float32, bfloat16 or float16; default the release's.
-        batches: batch sizes to measure (CONTRACT: 1 and a larger one).
+        batches: batch sizes to measure (docs/INTERFACE.md#metrics-bench: 1 and a larger one).
         context: tokens in the KV cache while decoding (the bytes model uses the same).
         steps: timed decode steps per model and batch, after `warmup` untimed ones.
         prefill_tokens: tokens per prefill measurement, all sequences together.
 
     Returns:
-        One entry per batch size; `to_json()` gives CONTRACT's fields for batch 1 plus all entries.
+        One entry per batch size; `to_json()` gives the interface's fields for batch 1 plus all entries.
 
     Raises:
         UsageError: not a release, an unknown dtype or device, or a bad batch / context / steps.

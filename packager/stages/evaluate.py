@@ -118,7 +118,7 @@ def matched_prefix(a: list[int], b: list[int]) -> int:
 
 @dataclass(frozen=True)
 class EvalReport:
-    """CONTRACT `eval` fields, plus matched-prefix lengths of the greedy continuations."""
+    """The `eval` fields (docs/INTERFACE.md#cmd-eval), plus matched-prefix lengths of the greedy continuations."""
 
     top1_agreement: float
     kl_mean: float

@@ -1,7 +1,8 @@
 """A loopback Hugging Face Hub for tests: the real `huggingface_hub` 2.4 client talks to it over HTTP.
 
 Why: CI has no network, and mocking `HfApi` would test our guesses about the Hub rather than the wire
-protocol the client really speaks (ecosystem.md §2.8). This server keeps model repos in memory, git-like
+protocol the client really speaks (the routes below, as huggingface_hub 2.4 sends them). This server keeps
+model repos in memory, git-like
 (commits with a parent and a full file map, branches, tags, PR refs), speaks the LFS batch protocol (no
 Xet: clients must run with ``HF_HUB_DISABLE_XET=1`` or ``push(no_xet=True)``), checks bearer tokens, and
 can inject faults into any request:
