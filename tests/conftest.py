@@ -107,3 +107,33 @@ def tiny_release(tiny_llama, tiny_llama_stats, tmp_path_factory):
     api.convert(tiny_llama, out, stats=tiny_llama_stats, options=ConvertOptions(order=8, coverage=1.0),
                 secret_file=None)
     return out
+
+
+# -- publisher keys and a signed fake release (signing, card and verify tests) ----------------------------
+
+
+@pytest.fixture(scope="module")
+def keys(tmp_path_factory):
+    """A publisher key pair (one per test module)."""
+    from packager.publish import signing
+
+    return signing.generate_key(tmp_path_factory.mktemp("keys") / "publisher.pem")
+
+
+@pytest.fixture(scope="module")
+def signed(tmp_path_factory, keys) -> Path:
+    """One signed fake release per module (sealed, as `unswift sign` does); tests copy it before changing it."""
+    from support.releases import make_release
+
+    from packager.publish.seal import seal
+
+    release = make_release(tmp_path_factory.mktemp("signed") / "release")
+    seal(release, keys.private_key)
+    return release
+
+
+@pytest.fixture
+def release_copy(signed, tmp_path) -> Path:
+    import shutil
+
+    return Path(shutil.copytree(signed, tmp_path / "release"))

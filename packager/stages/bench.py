@@ -186,12 +186,7 @@ def decode_step(contender: Contender, token: torch.Tensor, sync: Callable[[], No
     # transformers before ~5.20 has no StaticLayer.crop: time a copy of the prefilled cache instead.
     croppable = all(hasattr(layer, "crop") for layer in getattr(contender.cache, "layers", []))
     cache = contender.cache if croppable else copy.deepcopy(contender.cache)
-    kwargs = _cache_kwargs(model, cache)
-    sync()
-    start = clock()
-    model(input_ids=token, **kwargs)
-    sync()
-    elapsed = clock() - start
+    elapsed = _timed(lambda: model(input_ids=token, **_cache_kwargs(model, cache)), sync, clock)
     if croppable:
         cache.crop(-1)
     return elapsed
@@ -204,9 +199,14 @@ def prefill_step(contender: Contender, prompt: torch.Tensor, sync: Callable[[], 
     contender.enter()
     model = contender.model
     extra = {"logits_to_keep": 1} if _accepts(model, "logits_to_keep") else {}
+    return _timed(lambda: model(input_ids=prompt, use_cache=False, **extra), sync, clock)
+
+
+def _timed(step: Callable[[], object], sync: Callable[[], None], clock: Callable[[], float]) -> float:
+    """Seconds `step` takes, with the device's queued work finished before and after (gpt-fast style)."""
     sync()
     start = clock()
-    model(input_ids=prompt, use_cache=False, **extra)
+    step()
     sync()
     return clock() - start
 

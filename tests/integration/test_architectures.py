@@ -15,7 +15,6 @@ from them, and `test_support_matrix_doc_is_current` checks that the committed pa
 from __future__ import annotations
 
 import json
-import math
 import os
 import subprocess
 import sys
@@ -23,6 +22,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from support.autograd import autograd_taylor
 
 TESTS = Path(__file__).resolve().parents[1]
 ROOT = TESTS.parent
@@ -275,15 +275,6 @@ def test_support_matrix_doc_is_current(matrix):
 # -- the adapters' parts ----------------------------------------------------------------------------
 
 
-def _autograd_taylor(fn, x0: torch.Tensor, order: int) -> torch.Tensor:
-    x = x0.clone().requires_grad_(True)
-    derivatives = [fn(x)]
-    for _ in range(order):
-        (grad,) = torch.autograd.grad(derivatives[-1].sum(), x, create_graph=True)
-        derivatives.append(grad)
-    return torch.stack([d.detach() / math.factorial(n) for n, d in enumerate(derivatives)], -1)
-
-
 @pytest.mark.parametrize("name", ["silu", "swish", "gelu", "gelu_new", "gelu_pytorch_tanh",
                                   "gelu_python_tanh", "gelu_fast", "quick_gelu"])
 def test_jets_match_autograd_of_the_function_transformers_runs(name):
@@ -294,7 +285,7 @@ def test_jets_match_autograd_of_the_function_transformers_runs(name):
 
     x0 = torch.tensor([-7.0, -3.2, -1.0, -0.1, 0.0, 0.4, 1.7, 4.0, 9.0], dtype=torch.float64)
     module = ACT2FN[name]
-    reference = _autograd_taylor(lambda x: module(x), x0, 10)
+    reference = autograd_taylor(lambda x: module(x), x0, 10)
     jet = ACTIVATIONS[name].taylor(x0, 10)
     assert torch.allclose(jet, reference, rtol=1e-8, atol=1e-11), (jet - reference).abs().max()
 

@@ -21,7 +21,6 @@ from support.releases import RELEASE_FILES, TAMPERS, hub_cache_snapshot, make_re
 
 from packager.cli import cli
 from packager.publish import signing
-from packager.publish.seal import seal
 
 
 def run(*args: str, env: dict[str, str] | None = None):
@@ -49,23 +48,6 @@ def model_signing_verify_command(folder: Path, public_key: Path | str, *extra: s
 @pytest.fixture(autouse=True)
 def no_key_in_environment(monkeypatch):
     monkeypatch.delenv(signing.KEY_ENV, raising=False)
-
-
-@pytest.fixture(scope="module")
-def keys(tmp_path_factory) -> signing.KeyPair:
-    return signing.generate_key(tmp_path_factory.mktemp("keys") / "publisher.pem")
-
-
-@pytest.fixture(scope="module")
-def signed(tmp_path_factory, keys) -> Path:
-    release = make_release(tmp_path_factory.mktemp("signed") / "release")
-    seal(release, keys.private_key)
-    return release
-
-
-@pytest.fixture
-def release_copy(signed, tmp_path) -> Path:
-    return Path(shutil.copytree(signed, tmp_path / "release"))
 
 
 # ---------------------------------------------------------------------------------------------- keygen

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import pytest
 import torch
+from support.autograd import autograd_taylor
 
 from packager.maths.series import bases
 from packager.maths.series.activations import ACTIVATIONS, get_activation
@@ -16,21 +15,12 @@ from packager.runtime.modeling_unswift import SeriesBasis
 ORDER = 10
 
 
-def _autograd_taylor(fn, x0: torch.Tensor, order: int) -> torch.Tensor:
-    x = x0.clone().requires_grad_(True)
-    derivatives = [fn(x)]
-    for _ in range(order):
-        (grad,) = torch.autograd.grad(derivatives[-1].sum(), x, create_graph=True)
-        derivatives.append(grad)
-    return torch.stack([d.detach() / math.factorial(n) for n, d in enumerate(derivatives)], -1)
-
-
 @pytest.mark.parametrize("name", sorted(ACTIVATIONS))
 def test_jets_match_autograd_to_order_10(name):
     activation = get_activation(name)
     x0 = torch.tensor([-6.0, -4.0, -1.3, -0.2, 0.0, 0.7, 2.5, 4.5, 6.0], dtype=torch.float64)
     jet = activation.taylor(x0, ORDER)
-    reference = _autograd_taylor(activation.value, x0, ORDER)
+    reference = autograd_taylor(activation.value, x0, ORDER)
     assert torch.allclose(jet, reference, rtol=1e-9, atol=1e-12), (jet - reference).abs().max()
 
 

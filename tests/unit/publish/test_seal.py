@@ -19,11 +19,6 @@ from packager.publish import signing
 from packager.publish.seal import seal
 
 
-@pytest.fixture(scope="module")
-def keys(tmp_path_factory) -> signing.KeyPair:
-    return signing.generate_key(tmp_path_factory.mktemp("keys") / "publisher.pem")
-
-
 @pytest.fixture
 def sealed(tmp_path, keys) -> Path:
     release = make_release(tmp_path / "release")

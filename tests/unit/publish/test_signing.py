@@ -30,26 +30,6 @@ from support.releases import (
 from packager.errors import CheckFailed, UsageError
 from packager.formats.files import sha256_file
 from packager.publish import signing
-from packager.publish.seal import seal
-
-
-@pytest.fixture(scope="module")
-def keys(tmp_path_factory) -> signing.KeyPair:
-    return signing.generate_key(tmp_path_factory.mktemp("keys") / "publisher.pem")
-
-
-@pytest.fixture(scope="module")
-def signed(tmp_path_factory, keys) -> Path:
-    """One signed release per module (sealed, as `unswift sign` does); tests copy it before changing anything."""
-    release = make_release(tmp_path_factory.mktemp("signed") / "release")
-    seal(release, keys.private_key)
-    return release
-
-
-@pytest.fixture
-def release_copy(signed, tmp_path) -> Path:
-    return Path(shutil.copytree(signed, tmp_path / "release"))
-
 
 # ------------------------------------------------------------------------------------------------ keys
 
