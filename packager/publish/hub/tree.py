@@ -8,7 +8,6 @@ what the Hub reports for a regular file), so both are computed in the one read `
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -16,7 +15,7 @@ from pathlib import Path, PurePosixPath
 from huggingface_hub.hf_api import RepoFile
 
 from packager import __version__
-from packager.formats.files import hash_file, list_files
+from packager.formats.files import hash_file, list_files, sha256_text
 from packager.formats.names import RECORD
 
 #: Never deleted, never compared unless the release carries its own: the Hub writes it into every new repo.
@@ -97,5 +96,5 @@ def default_tag_of(release: Path, files: dict[str, LocalFile]) -> str:
     tool = record.get("tool") if isinstance(record, dict) else None
     version = tool.get("version") if isinstance(tool, dict) else None
     version = str(version or __version__)
-    digest = hashlib.sha256("".join(f"{p} {f.sha256}\n" for p, f in sorted(files.items())).encode())
-    return f"v{version.lstrip('v')}-{digest.hexdigest()[:8]}"
+    digest = sha256_text("".join(f"{p} {f.sha256}\n" for p, f in sorted(files.items())))
+    return f"v{version.lstrip('v')}-{digest[:8]}"
