@@ -79,7 +79,7 @@ def looks_like_repo_id(text: str) -> bool:
     """Whether `text` names a Hub repo (`ORG/NAME`) rather than an existing local path."""
     from packager.publish.hub import looks_like_repo_id as check
 
-    return not Path(text).expanduser().exists() and check(text)
+    return check(text)
 
 
 def open_source(checkpoint: str | Path | Checkpoint, *, revision: str | None = None) -> Checkpoint:

@@ -67,14 +67,14 @@ def hub_fast_retries(monkeypatch):
 
     import huggingface_hub.utils._http as hf_http
 
-    import packager.publish.hub.hub as hub
+    import packager.publish.hub.retry as hub_retry
 
     def short_sleep(seconds: float) -> None:
         real_time.sleep(min(seconds, 0.01))
 
     # huggingface_hub.utils._http only uses `time.sleep`; give it a module whose sleep is short.
     monkeypatch.setattr(hf_http, "time", types.SimpleNamespace(sleep=short_sleep, time=real_time.time))
-    monkeypatch.setattr(hub, "_RETRY_WAITS", tuple(0.01 for _ in hub._RETRY_WAITS))
+    monkeypatch.setattr(hub_retry, "RETRY_WAITS", tuple(0.01 for _ in hub_retry.RETRY_WAITS))
 
 
 # -- tiny checkpoints -----------------------------------------------------------------------------------

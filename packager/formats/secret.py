@@ -1,7 +1,8 @@
 """The release secret that seeds hardening: from a file, the environment, or freshly made.
 
-docs/INTERFACE.md#secrets-and-keys: `--secret-file` or `UNSWIFT_SECRET`; by default a new random secret is written to a mode-0600
-file next to (never inside) the output folder. The secret never enters a release, a log or JSON.
+From `--secret-file` or `UNSWIFT_SECRET`; by default a new random secret is written to a mode-0600 file
+next to (never inside) the output folder (docs/INTERFACE.md#secrets-and-keys). The secret never enters a
+release, a log or JSON.
 """
 
 from __future__ import annotations

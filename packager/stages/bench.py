@@ -75,7 +75,10 @@ class BenchEntry:
 
 @dataclass(frozen=True)
 class BenchReport:
-    """Every entry measured; the batch-1 entry (else the first) gives the top-level fields (docs/INTERFACE.md#cmd-bench)."""
+    """Every entry measured; the batch-1 entry (else the first) gives the top-level fields.
+
+    The fields are those of docs/INTERFACE.md#cmd-bench.
+    """
 
     entries: list[BenchEntry] = field(default_factory=list)
 

@@ -326,3 +326,65 @@ def test_xet_only_client_against_lfs_hub_says_no_xet(hub_double, tmp_path, monke
     assert "--no-xet" in str(info.value)
     assert hub_double.repo("org/model").tags == {}  # nothing tagged
     assert hf_constants.HF_HUB_DISABLE_XET is False  # push restores the client setting
+
+
+def test_git_and_cache_folders_are_not_pushed(hub_double, tmp_path):
+    release = fake_release(tmp_path / "r1")
+    local_only = {".git/HEAD", ".cache/huggingface/upload.lock", "docs/.git/config"}
+    for name in (*local_only, "docs/notes.md"):
+        (release / name).parent.mkdir(parents=True, exist_ok=True)
+        (release / name).write_text(name)
+    do_push(hub_double, release, tag="v1")
+    pushed = remote_release(hub_double, "org/model", "v1")
+    assert set(pushed) == set(release_files(release)) - local_only
+    assert "docs/notes.md" in pushed
+
+
+# ------------------------------------------------------------------------------------------- helpers
+def test_looks_like_repo_id(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert hub.looks_like_repo_id("org/model") and hub.looks_like_repo_id("Org_1/model-v2.0")
+    for text in ("model", "./org/x", "/abs/x", "~/x", "org/x/y", "org/", "", "org/model\n"):
+        assert not hub.looks_like_repo_id(text), text
+    (tmp_path / "org" / "model").mkdir(parents=True)
+    assert not hub.looks_like_repo_id("org/model")  # an existing path is a path
+
+
+def test_one_retry_helper_keeps_the_waits_and_limits(monkeypatch):
+    import types
+
+    from packager.publish.hub import retry
+
+    slept: list[float] = []
+    said: list[str] = []
+    calls: list[int] = []
+    monkeypatch.setattr(retry, "time", types.SimpleNamespace(sleep=slept.append))
+
+    def down() -> None:
+        calls.append(1)
+        raise OSError("down")
+
+    def run(**kwargs):
+        for seen in (calls, slept, said):
+            seen.clear()
+        return retry.with_retries(
+            kwargs.pop("attempt", down), between=lambda err, wait: f"{err}; {wait:g}s", say=said.append, **kwargs
+        )
+
+    with pytest.raises(OSError):  # an idempotent step: three tries, after 1 s and 4 s
+        run(retryable=lambda err: True)
+    assert len(calls) == 3 and slept == [1.0, 4.0] and said == ["down; 1s", "down; 4s"]
+    with pytest.raises(OSError):  # the commit POST: at most twice, after 1 s
+        run(retryable=lambda err: True, attempts=retry.COMMIT_ATTEMPTS)
+    assert len(calls) == 2 and slept == [1.0]
+    with pytest.raises(OSError):  # not retryable: once, no wait
+        run(retryable=lambda err: False)
+    assert len(calls) == 1 and slept == [] and said == []
+
+    def flaky() -> str:
+        calls.append(1)
+        if len(calls) == 1:
+            raise OSError("blip")
+        return "done"
+
+    assert run(attempt=flaky, retryable=lambda err: True) == "done" and slept == [1.0] and len(calls) == 2

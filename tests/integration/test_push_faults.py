@@ -21,7 +21,7 @@ import pytest
 from click.testing import CliRunner
 from support.hub_double import HubDouble, fake_release
 
-import packager.publish.hub.hub
+import packager.publish.hub.client
 from packager.cli import cli
 
 REPO = "org/model"
@@ -294,7 +294,7 @@ def test_fault(case: Case, hub_double: HubDouble, hub_fast_retries, tmp_path, mo
         assert code == 0
     before = 1 if case.fresh else len(hub_double.repo(REPO).commits)  # commits before pushing v2
     if case.read_timeout is not None:
-        monkeypatch.setattr(packager.publish.hub.hub, "_READ_TIMEOUT_S", case.read_timeout)
+        monkeypatch.setattr(packager.publish.hub.client, "_READ_TIMEOUT_S", case.read_timeout)
 
     case.inject(hub_double)
     code, payload = push(hub_double, v2, "v2", *case.args)
@@ -317,7 +317,7 @@ def test_fault(case: Case, hub_double: HubDouble, hub_fast_retries, tmp_path, mo
     shard = hashlib.sha256((v2 / "model.safetensors").read_bytes()).hexdigest()
     uploaded = REPO in hub_double.repos and shard in hub_double.repo(REPO).lfs_store
     hub_double.clear_faults()
-    monkeypatch.setattr(packager.publish.hub.hub, "_READ_TIMEOUT_S", 300.0)
+    monkeypatch.setattr(packager.publish.hub.client, "_READ_TIMEOUT_S", 300.0)
     seen = len(hub_double.requests)
     code2, payload2 = push(hub_double, v2, "v2", *case.args)
     reuploads = sum(1 for r in hub_double.requests[seen:] if r.path.startswith("/lfs-upload/"))
