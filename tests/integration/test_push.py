@@ -388,3 +388,13 @@ def test_one_retry_helper_keeps_the_waits_and_limits(monkeypatch):
         return "done"
 
     assert run(attempt=flaky, retryable=lambda err: True) == "done" and slept == [1.0] and len(calls) == 2
+
+
+def test_a_nested_cache_folder_is_refused_before_any_upload(tmp_path, hub_double):
+    release_dir = fake_release(tmp_path / "r1")
+    nested = release_dir / "docs" / ".cache"
+    nested.mkdir(parents=True)
+    (nested / "x.txt").write_text("x")
+    with pytest.raises(UsageError, match=r"\.cache"):
+        hub.push(release_dir, "org/model", tag="v1", endpoint=hub_double.url, no_xet=True)
+    assert "org/model" not in hub_double.repos

@@ -15,6 +15,7 @@ from pathlib import Path, PurePosixPath
 from huggingface_hub.hf_api import RepoFile
 
 from packager import __version__
+from packager.errors import UsageError
 from packager.formats.files import hash_file, list_files, sha256_text
 from packager.formats.names import RECORD
 
@@ -66,8 +67,12 @@ def local_files(release: Path) -> dict[str, LocalFile]:
     files: dict[str, LocalFile] = {}
     for rel in list_files(release, ignore=_SKIPPED_DIRS, follow_symlinks=True):
         path = release / rel
-        if ".git" in PurePosixPath(rel).parts[:-1] or not path.is_file():
+        folders = PurePosixPath(rel).parts[:-1]
+        if ".git" in folders or not path.is_file():
             continue
+        if ".cache" in folders:  # the Hub client refuses such paths: say so before any upload
+            raise UsageError(f"'{release / rel}' lies in a '.cache' folder, which the Hub does not accept",
+                             hint="remove the .cache folder from the release")
         digest = hash_file(path, git_oid=True)
         assert digest.git_oid is not None
         files[rel] = LocalFile(rel, path, digest.size, digest.sha256, digest.git_oid)
