@@ -41,7 +41,9 @@ class Agreement:
         ref = reference_logits.float().log_softmax(-1)
         rel = release_logits.float().log_softmax(-1)
         self.tokens += labels.numel()
-        self.top1_same += int((ref.argmax(-1) == rel.argmax(-1)).sum())
+        # The argmax of the logits themselves (the model's greedy token): log_softmax can round a near-tie
+        # into an exact tie and pick the other token.
+        self.top1_same += int((reference_logits.argmax(-1) == release_logits.argmax(-1)).sum())
         self.kl_sum += float((ref.exp() * (ref - rel)).sum(-1).sum())
         self.nll_reference -= float(ref.gather(-1, labels.unsqueeze(-1)).sum())
         self.nll_release -= float(rel.gather(-1, labels.unsqueeze(-1)).sum())

@@ -24,13 +24,13 @@ state machine in `session.py` under the client settings of `client.py`.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
 from pathlib import Path
 
 from huggingface_hub import HfApi, constants
 
 from packager import __version__
 from packager.errors import UsageError
+from packager.progress import Progress, reporter
 from packager.publish.hub.checks import check_ref, check_release, check_repo_id
 from packager.publish.hub.client import client_settings, resolve_endpoint, resolve_token
 from packager.publish.hub.session import PushResult, Session
@@ -53,7 +53,7 @@ def push(
     commit_message: str | None = None,
     allow_unsigned: bool = False,
     show_progress: bool = False,
-    progress: Callable[[str], None] | None = None,
+    progress: Progress = None,
 ) -> PushResult:
     """Publish a release folder to a Hub model repo in one atomic commit, then tag that commit.
 
@@ -96,7 +96,7 @@ def push(
         `HubError`: a network or Hub failure (which step, status, URL); re-running resumes.
         `CheckFailed`: the commit landed but its file tree differs from the release (nothing tagged).
     """
-    say = progress or (lambda _line: None)
+    say = reporter(progress)
     release = Path(release_dir)
     check_repo_id(repo_id)
     if gated not in (None, "auto", "manual"):
