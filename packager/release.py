@@ -28,7 +28,11 @@ from packager.stages.options import ConvertOptions
 
 @dataclass(frozen=True)
 class PublishOptions:
-    """Where and how the release is pushed (None repo = `--no-push`)."""
+    """Where and how the release is pushed.
+
+    `repo` (and `tag`) name the release in its card even when `push` is False (`--no-push`), so every
+    snippet of the card shows the repo users will load; `repo=None` leaves placeholders in the card.
+    """
 
     repo: str | None
     tag: str | None = None
@@ -38,6 +42,12 @@ class PublishOptions:
     revision: str | None = None
     create_pr: bool = False
     no_xet: bool = False
+    push: bool = True
+
+    @property
+    def pushing(self) -> bool:
+        """Whether the release stage ends with a push (a repo is named and `--no-push` was not given)."""
+        return self.repo is not None and self.push
 
 
 @dataclass
@@ -95,14 +105,17 @@ def release(
     overwrite: bool = False, eval_tokens: int = 8192, bench: bool = True, audit: bool = True,
     progress: Progress = None, show_progress: bool = False,
 ) -> ReleaseReport:
-    """Take a checkpoint to a signed, pushed release (or a signed local folder with `publish.repo=None`).
+    """Take a checkpoint to a signed, pushed release (or a signed local folder: `publish.push=False`).
 
     Raises:
-        UsageError: bad input, found before any expensive stage (checkpoint, options, key, repo id,
+        UsageError: bad input, found before any expensive stage (options, checkpoint, key, repo id,
             output folder whose recorded inputs differ and no `overwrite`).
         CheckFailed: `min_top1` / `max_kl` missed (before anything is pushed).
         HubError: a network or Hub failure; re-running resumes.
     """
+    check_release_options(options=options, calibration_tokens=calibration_tokens,
+                          calibration_seed=calibration_seed, min_top1=min_top1, max_kl=max_kl,
+                          eval_tokens=eval_tokens)
     run = _prepare(checkpoint, out=out, options=options, publish=publish, key=key,
                    calibration=CalibrationInputs(calibration, calibration_tokens, calibration_seed, stats),
                    secret_file=secret_file, overwrite=overwrite, eval_tokens=eval_tokens,
@@ -111,6 +124,19 @@ def release(
     for name, stage in STAGES:
         run.report.stages[name] = stage(run)
     return run.report
+
+
+def check_release_options(*, options: ConvertOptions | None = None, calibration_tokens: int | None = None,
+                          calibration_seed: int | None = None, min_top1: float | None = None,
+                          max_kl: float | None = None, eval_tokens: int | None = None, **_: object) -> None:
+    """Raise UsageError for an option out of range, before a checkpoint is opened (other arguments ignored)."""
+    from packager.stages.calibrate import check_calibration_options
+    from packager.stages.evaluate import check_eval_options
+
+    if options is not None:
+        options.validate()
+    check_calibration_options(tokens=calibration_tokens, seed=calibration_seed)
+    check_eval_options(tokens=eval_tokens, min_top1=min_top1, max_kl=max_kl)
 
 
 def _prepare(checkpoint, *, out, options, publish, key, calibration: CalibrationInputs, secret_file, overwrite,
@@ -124,7 +150,7 @@ def _prepare(checkpoint, *, out, options, publish, key, calibration: Calibration
     publish = publish or PublishOptions(repo=None)
     source = checkpoint if isinstance(checkpoint, Checkpoint) else open_checkpoint(checkpoint)
     out = Path(out) if out else Path("releases") / source.name.split("/")[-1]
-    signing_key = _load_key(key, pushing=publish.repo is not None)
+    signing_key = _load_key(key, pushing=publish.pushing)
     if publish.repo is not None:
         from packager.publish.hub import check_repo_id
 
@@ -222,9 +248,9 @@ def _sign(run: _Run) -> str:
     from packager.publish import signing
     from packager.publish.seal import seal
 
-    if run.publish.repo is not None:
-        tag = run.publish.tag or f"unswift-{run.inputs[:12]}"
-        update_record(run.out, hub={"repo": run.publish.repo, "tag": tag})
+    hub = _hub_section(run)
+    if hub != read_record(run.out).get("hub"):
+        update_record(run.out, hub=hub)
     if run.signing_key is None:
         from packager.publish.card import write_readme
 
@@ -242,7 +268,7 @@ def _push(run: _Run) -> str:
     from packager.publish import hub
 
     publish = run.publish
-    if publish.repo is None:
+    if not publish.pushing:
         return "skipped (--no-push)"
     pushed = hub.push(run.out, publish.repo, tag=read_record(run.out)["hub"]["tag"], private=publish.private,
                       public=not publish.private, gated=publish.gated, endpoint=publish.endpoint,
@@ -260,6 +286,19 @@ STAGES: tuple[tuple[str, Callable[[_Run], str]], ...] = (
 
 
 # -- helpers ----------------------------------------------------------------------------------------------
+
+
+def _hub_section(run: _Run) -> dict | None:
+    """Where the release is published, for the card: the repo, and the tag (the default one when pushing).
+
+    With `--no-push` and no `--tag` the tag is unknown (a later `unswift push` picks its own), so the card
+    keeps a placeholder for it and says so.
+    """
+    publish = run.publish
+    if publish.repo is None:
+        return read_record(run.out).get("hub")
+    tag = publish.tag or (f"unswift-{run.inputs[:12]}" if publish.pushing else None)
+    return {"repo": publish.repo, "tag": tag}
 
 
 def _load_key(key: str | Path | None, *, pushing: bool):
