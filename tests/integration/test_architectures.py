@@ -279,7 +279,6 @@ def test_support_matrix_doc_is_current(matrix):
 def test_jets_match_autograd_of_the_function_transformers_runs(name):
     """Our exact coefficients, against autograd through transformers' own ACT2FN[name], order 10, float64."""
     from support.autograd import autograd_taylor
-
     from transformers.activations import ACT2FN
 
     from packager.maths.series.activations import ACTIVATIONS
