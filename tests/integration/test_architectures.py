@@ -22,7 +22,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from support.autograd import autograd_taylor
 
 TESTS = Path(__file__).resolve().parents[1]
 ROOT = TESTS.parent
@@ -279,6 +278,7 @@ def test_support_matrix_doc_is_current(matrix):
                                   "gelu_python_tanh", "gelu_fast", "quick_gelu"])
 def test_jets_match_autograd_of_the_function_transformers_runs(name):
     """Our exact coefficients, against autograd through transformers' own ACT2FN[name], order 10, float64."""
+    from support.autograd import autograd_taylor
     from transformers.activations import ACT2FN
 
     from packager.maths.series.activations import ACTIVATIONS
