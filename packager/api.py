@@ -238,7 +238,6 @@ def audit(release_dir: str | Path, *, reference: str | Path | Checkpoint | None 
     check("--max-recovered", options.get("max_recovered"))
     if options.get("learning") is not None:
         options["learning"].validate()
-
     return run(release_dir, reference=None if reference is None else open_source(reference), **options)
 
 

@@ -28,7 +28,7 @@ def main() -> None:
     checkpoint, release = sys.argv[1], sys.argv[2]
     prompt = sys.argv[3] if len(sys.argv) > 3 else "What is the capital of France, and what is it famous for?"
     logging.disable_progress_bar()
-    tokenizer = AutoTokenizer.from_pretrained(release)
+    tokenizer = AutoTokenizer.from_pretrained(release, trust_remote_code=True)  # no prompt: the code is ours
     original = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=torch.float32)
     converted = AutoModelForCausalLM.from_pretrained(release, trust_remote_code=True, dtype="auto")
     print("\nSide by side: the original checkpoint and the release, each loaded with transformers in this "

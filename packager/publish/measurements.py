@@ -94,8 +94,10 @@ def protection_headline(audit: dict[str, Any] | None) -> str | None:
         return None
     against = "the release" if attack.get("rebuilt_compared_with") == "release" else "the source"
     where = f" on {audit['hardware']}" if audit.get("hardware") else ""
-    return (f"{_who(attack, capital=False)} rebuilds from it a plain model that picks the same next token as "
-            f"{against} on {percent(attack['rebuilt_top1'])} of held-out tokens, in "
+    units = attack.get("units_attacked")
+    scope = f" for the {number(units)} MLP unit{'s' if units != 1 else ''} it attacks" if isinstance(units, int) else ""
+    return (f"{_who(attack, capital=False)} rebuilds plain MLPs{scope}, and the model rebuilt with them picks the "
+            f"same next token as {against} on {percent(attack['rebuilt_top1'])} of held-out tokens, in "
             f"{seconds(attack.get('seconds'))}{where}")
 
 
@@ -196,17 +198,22 @@ def protection(audit: dict[str, Any] | None) -> str:
             f"{CAUTION} Assume that the source MLP weights can be recovered from this release."
         )
     where = f" on {audit['hardware']}" if audit.get("hardware") else ""
+    itself = (f" On that text the release itself picks the same next token as the source "
+              f"{percent(audit['release_top1'])} of the time." if audit.get("release_top1") is not None else "")
     lines = [CAUTION, "",
              f"Measured{where} by {command_line(audit, 'unswift audit RELEASE --reference SOURCE')} (attack times "
-             "are wall time there). What an attacker gets from this release:", ""]
+             "are wall time there). Each attack sees only the release; a model is rebuilt from what it recovers "
+             f"and compared with the source on held-out text.{itself} A weight counts as recovered within 1 % "
+             "relative error, exactly or up to each channel's secret scale (a gauge that does not change what "
+             "the model computes). What an attacker gets from this release:", ""]
     attacks = sorted(audit.get("attacks") or [], key=lambda a: -(a.get("rebuilt_top1") or 0.0))
     for attack in attacks:
-        lines.append(f"- {_attack(attack, audit.get('release_top1'))}")
+        lines.append(f"- {_attack(attack)}")
     if audit.get("protected_param_fraction") is not None:
         lines.append(
             f"- Protected parameters: {percent(audit['protected_param_fraction'])} of the source's parameters "
             "do not appear in the release as they are (exactly, or up to sign and permutation); the others "
-            "(attention, embeddings, norms) do."
+            "do."
         )
     leaks = audit.get("leaks")
     if leaks:
@@ -217,26 +224,26 @@ def protection(audit: dict[str, Any] | None) -> str:
     return "\n".join(lines)
 
 
-def _attack(attack: dict[str, Any], release_top1: float | None) -> str:
+def _attack(attack: dict[str, Any]) -> str:
     """One attack in words: what its rebuilt model does first, then how much of the weights it recovered."""
     rebuilt = attack.get("rebuilt_top1")
     against = "the release" if attack.get("rebuilt_compared_with") == "release" else "the source"
-    text = f"**{_who(attack)}**, in {seconds(attack.get('seconds'))}: "
+    units = attack.get("units_attacked")
+    scope = f" on {number(units)} MLP unit{'s' if units != 1 else ''}" if isinstance(units, int) and units else ""
+    text = f"**{_who(attack)}**, in {seconds(attack.get('seconds'))}{scope}: "
     if rebuilt is None:
         text += "no model was rebuilt from what it recovered"
     else:
-        text += f"the plain model it rebuilds picks the same next token as {against} {percent(rebuilt)} of the time"
-        if release_top1 is not None and against == "the source":
-            text += f" (the release itself: {percent(release_top1)})"
+        text += (f"the model rebuilt with what it recovers picks the same next token as {against} "
+                 f"{percent(rebuilt)} of the time")
     exact = attack.get("recovered_fraction")
     gauge = attack.get("recovered_fraction_up_to_scale")
     if gauge is not None:
-        text += (f". It recovers {percent(gauge)} of the protected MLP weights up to each channel's secret "
-                 "scale, a gauge that does not change what the model computes (exactly, within 1 % relative "
-                 f"error: {percent(exact)})")
+        text += (f". It recovers {percent(gauge)} of the protected MLP weights up to the secret scales "
+                 f"({percent(exact)} exactly)")
     elif exact is not None:
-        text += (f". It recovers {percent(exact)} of the protected MLP weights within 1 % relative error "
-                 f"(overall relative error {number(attack.get('relative_error'))})")
+        text += (f". It recovers {percent(exact)} of the protected MLP weights (overall relative error "
+                 f"{number(attack.get('relative_error'))})")
     return text + "."
 
 

@@ -160,3 +160,15 @@ def test_bad_options_fail_before_any_model_is_loaded(tiny_llama, tiny_release, t
     assert report["codes"] and set(report["codes"].values()) == {2}, report["codes"]
     assert report["modeling_modules"] == []  # no model class was even imported
     assert "Traceback" not in done.stderr and list(tmp_path.iterdir()) == []
+
+
+def test_the_interface_lists_every_range():
+    from pathlib import Path
+
+    text = Path(__file__).resolve().parents[2].joinpath("docs", "INTERFACE.md").read_text()
+    table = text.split('<a id="option-ranges"></a>', 1)[1].split("<a id=", 1)[0]
+    for flag, limit in LIMITS.items():
+        row = next((line for line in table.splitlines() if f"`{flag}`" in line), None)
+        assert row is not None, f"docs/INTERFACE.md#option-ranges does not list {flag}"
+        if limit.integer and flag not in ("--max-shard-size", "--seed", "--calibration-seed"):
+            assert f"{int(limit.low):,} to {int(limit.high):,}" in row, (flag, row)

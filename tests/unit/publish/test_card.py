@@ -230,10 +230,12 @@ def test_the_attack_headline_says_what_an_attacker_gets(record):
     first = next(line for line in protection.splitlines() if line.startswith("- "))
     assert "`kerckhoffs`" in first
     assert first.index("99.61 %") < first.index("99.96 %") < first.index("33.33 %")
-    assert "the release itself: 99.70 %" in first and "secret scale" in first
+    assert "up to the secret scales (33.33 % exactly)" in first
+    assert "the release itself picks the same next token as the source 99.70 %" in protection
     assert not re.search(r"recovered \d", protection)
     glance = section(text, "At a glance")
-    assert "rebuilds from it a plain model that picks the same next token as the source on 99.61 %" in glance
+    assert "`kerckhoffs`) rebuilds plain MLPs" in glance
+    assert "the model rebuilt with them picks the same next token as the source on 99.61 %" in glance
 
 
 def test_sizes_use_decimal_units(record):
