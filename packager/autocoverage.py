@@ -29,11 +29,11 @@ def swap_in_release_mlps(model, checkpoint: Checkpoint, spec: dict, layers: dict
 
     Returns what `restore_mlps` needs to put the source modules back.
     """
-    from packager.runtime.modeling_unswift import install_taylor_mlps
+    from packager.runtime.modeling_unswift import install_taylor_mlps, module_state
 
     config = types.SimpleNamespace(unswift=spec, hidden_size=model.config.hidden_size)
     replaced = install_taylor_mlps(_parents(model, checkpoint), config)
-    state = {name: tensor.float() for unit in layers.values() for name, tensor in unit.items()}
+    state = module_state({name: tensor.float() for unit in layers.values() for name, tensor in unit.items()})
     missing = set(state) - set(model.state_dict())
     if missing:
         raise RuntimeError(f"release tensors without a module in the model: {sorted(missing)[:3]}")
