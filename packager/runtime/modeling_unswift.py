@@ -177,6 +177,7 @@ class TaylorMLP(nn.Module):
         columns = sum(count * (order + 1) for count, order in self.groups) + (self.intermediate - self.expanded)
         self.theta = nn.Linear(columns, hidden, bias=bool(spec.get("out_bias")))  # weight = Θ [H, columns]
         self.bases = nn.ModuleList(SeriesBasis(order, spec["basis"], spec["extrapolation"]) for _, order in self.groups)
+        self.uniform = _uniform(self.expanded, self.intermediate, self.groups)
         self.act_fn = ACT2FN[spec["hidden_act"]]
 
     def features(self, x):
@@ -186,10 +187,15 @@ class TaylorMLP(nn.Module):
         # activations' (a quantised Θ can report int8; torchao and quanto tensors report their float dtype).
         weight = getattr(self.theta, "weight", None)  # vLLM's quantised linears may hold no `weight`
         dtype = weight.dtype if weight is not None and weight.dtype.is_floating_point else x.dtype
-        expanded, intermediate = self.expanded, self.intermediate
+        expanded, intermediate, groups = self.expanded, self.intermediate, self.groups
+        if self.uniform:
+            # One kind of channel: a tensor-parallel rank holds a slice of them (see `series_tp_plan`).
+            intermediate = z.shape[-1] // 2 if self.gated else z.shape[-1]
+            expanded = intermediate if self.expanded else 0
+            groups = [(intermediate, order) for _, order in self.groups]
         parts = []
         start = 0
-        for (count, _), basis in zip(self.groups, self.bases, strict=True):  # static: at most a few groups
+        for (count, _), basis in zip(groups, self.bases, strict=True):  # static: at most a few groups
             series = basis(z[..., start : start + count].float())  # [..., count, order+1]
             if self.gated:
                 series = series * z[..., intermediate + start : intermediate + start + count, None].float()
@@ -204,6 +210,90 @@ class TaylorMLP(nn.Module):
 
     def forward(self, x):
         return self.theta(self.features(x))
+
+
+def _uniform(expanded, intermediate, groups):
+    """Whether every channel of a unit has the same number of Θ columns (one order, or none expanded)."""
+    return expanded == 0 or (expanded == intermediate and len(groups) == 1)
+
+
+def series_tp_plan(spec):
+    """Tensor-parallel styles of the series units (transformers' names), or {} where they cannot split.
+
+    A split must give each rank whole channels: their gate and up rows of `in_proj` (gated: the two
+    halves split alike, `packed_colwise`) and exactly their Θ columns (`rowwise`, then an all-reduce).
+    Contiguous splits do that only when every channel of every unit has the same number of columns:
+    one order, no plaintext channels beside expanded ones. Otherwise (order allocation, partial
+    coverage) the series is replicated on every rank; attention is still split. A unit whose channels
+    do not divide by the number of ranks fails loudly in Θ's product (mismatched shapes), never silently.
+    """
+    for layer in spec["layers"]:
+        groups = [g for g in (layer.get("groups") or [{"channels": layer["expanded"]}]) if g["channels"]]
+        if not _uniform(int(layer["expanded"]), int(layer["intermediate"]), groups):
+            return {}
+    packed = _packed_colwise_style()
+    if packed is None:  # transformers without DTensor tensor parallelism (before 5.2x): untested, replicate
+        return {}
+    units = ["layers.*.mlp"]
+    experts = spec.get("experts")
+    if experts:
+        units.append(f"layers.*.mlp.{experts['module']}.*")
+        if experts.get("shared"):
+            units.append(f"layers.*.mlp.{experts['shared']}")
+    plan = {}
+    for unit in units:
+        plan[f"{unit}.in_proj"] = packed if spec["gated"] else "colwise"
+        plan[f"{unit}.theta"] = "rowwise"
+    return plan
+
+
+_PACKED_STYLE = []  # the registered style's name, once registered
+
+
+def _packed_colwise_style():
+    """transformers' packed column split with the bias split like the rows: gate half and up half alike.
+
+    transformers' own `packed_colwise` (5.24) splits a 1-D bias contiguously, which hands rank 0 the
+    gate biases of every channel. This style (registered once, when transformers' DTensor tensor
+    parallelism exists) is that class with the bias split as its weight is. None where unavailable:
+    the series is then replicated.
+    """
+    if _PACKED_STYLE:
+        return _PACKED_STYLE[0]
+    try:
+        from torch.distributed.tensor import distribute_tensor
+        from torch.distributed.tensor.placement_types import _StridedShard
+        from transformers.distributed.tensor_parallel import ALL_PARALLEL_STYLES, PackedColwiseParallel
+    except ImportError:
+        return None
+
+    class PackedColwiseWithBias(PackedColwiseParallel):
+        def shard_param(self, module, param, mesh):
+            meta = module._parameters.get(param)
+            if meta is None or meta.ndim != 1:
+                return super().shard_param(module, param, mesh)
+            placement = _StridedShard(dim=0, split_factor=self.split_factor)
+            module._parameters[param] = nn.Parameter(distribute_tensor(meta, mesh, [placement], src_data_rank=None),
+                                                     requires_grad=meta.requires_grad)
+
+    ALL_PARALLEL_STYLES.register("unswift_packed_colwise", PackedColwiseWithBias())
+    _PACKED_STYLE.append("unswift_packed_colwise")
+    return _PACKED_STYLE[0]
+
+
+def _declare_series_plan(model, config):
+    """Add the series' styles to the plans transformers built from the config (attention only)."""
+    if getattr(config, "_attn_implementation", None) in ("vllm", "vllm_mla"):
+        # vLLM's Transformers backend reads the same plan but has no packed column split: its `in_proj`
+        # would stay whole while Θ was split. The series stays replicated there; attention is split.
+        return
+    plan = series_tp_plan(config.unswift)
+    base = model.base_model
+    if not plan or getattr(base, "_tp_plan", None) is None:
+        return
+    base._tp_plan.update(plan)
+    if base is not model and getattr(model, "_tp_plan", None) is not None:
+        model._tp_plan.update({f"{model.base_model_prefix}.{name}": style for name, style in plan.items()})
 
 
 class TaylorExperts(nn.Module):
@@ -301,6 +391,7 @@ class _TaylorMixin:
         super().__init__(config)
         install_taylor_mlps(_decoder_layers(self), config)
         self.post_init()
+        _declare_series_plan(self, config)
 
     def _init_weights(self, module):
         # Every TaylorMLP tensor comes from the release; only modules of the base family initialise.
