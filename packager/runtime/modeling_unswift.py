@@ -147,10 +147,10 @@ class SeriesBasis(nn.Module):
 class TaylorMLP(nn.Module):
     """y = Θ · [B_n(t_j) u_j ; act(g_k) u_k]: the expanded channels' series plus plaintext channels.
 
-    Parameter names match the release's safetensors (see docs/FORMAT.md of unswift):
-    `in_proj` holds gate rows (normalised for expanded channels) then up rows; `theta` holds Θ_{j,n}
-    at column j*(N+1)+n, group after group (each group of channels has its own order N), followed by the
-    plaintext channels' down columns.
+    Tensors as in the release's safetensors (see docs/FORMAT.md of unswift), the file's `theta` and
+    `out_bias` held as `theta.weight` and `theta.bias` (`TENSOR_RENAMES`): `in_proj` holds gate rows
+    (normalised for expanded channels) then up rows; Θ holds Θ_{j,n} at column j*(N+1)+n, group after
+    group (each group of channels has its own order N), followed by the plaintext channels' down columns.
 
     One fused projection, one feature build and one matrix multiply per call, with static shapes and
     no host synchronisation (`torch.compile(fullgraph=True)` and CUDA graphs capture it). In bfloat16 /
