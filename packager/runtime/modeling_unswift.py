@@ -6,9 +6,9 @@ and one matrix multiply per MLP: no Python loop over terms, no host synchronisat
 """
 
 import math
+import re
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from transformers import (
     Gemma2ForCausalLM,
@@ -39,6 +39,8 @@ from transformers import (
     Qwen3MoeModel,
 )
 from transformers.activations import ACT2FN
+from transformers.conversion_mapping import register_checkpoint_conversion_mapping
+from transformers.core_model_loading import WeightRenaming
 
 from .configuration_unswift import (
     UnswiftGemma2Config,
@@ -58,6 +60,31 @@ from .configuration_unswift import (
 
 #: The release format versions this loader understands.
 SUPPORTED_FORMAT_VERSIONS = (1,)
+
+#: Release tensor names (docs/FORMAT.md, unchanged since format 1) -> the parameters that hold them.
+#: Θ lives in an `nn.Linear` so that weight-only quantisers (torchao, optimum-quanto, bitsandbytes) and
+#: vLLM's linear layers treat it as the projection it is; the down bias becomes that linear's bias. The
+#: lookahead keeps an already-renamed key (`theta.weight`) from being renamed twice, and is dropped when
+#: transformers reverses the renaming to save, so `save_pretrained` writes the release's own names. No
+#: escaped dots: transformers 5.0 copies a pattern's text verbatim into the reversed (saving) name.
+TENSOR_RENAMES = ((r"theta(?![\w.])", "theta.weight"), (r"out_bias(?![\w.])", "theta.bias"))
+
+
+def module_state(tensors):
+    """Release tensors keyed by file name -> keyed by this runtime's parameter names (for load_state_dict)."""
+    renames = [(re.compile(source), target) for source, target in TENSOR_RENAMES]
+    out = {}
+    for name, tensor in tensors.items():
+        for pattern, target in renames:
+            name = pattern.sub(target, name, count=1)
+        out[name] = tensor
+    return out
+
+
+def _register_tensor_names(model_type):
+    """Let transformers (and vLLM, which reads the same registry) load and save the release's names."""
+    register_checkpoint_conversion_mapping(
+        model_type, [WeightRenaming(source, target) for source, target in TENSOR_RENAMES], overwrite=True)
 
 
 def check_format(spec):
@@ -120,10 +147,10 @@ class SeriesBasis(nn.Module):
 class TaylorMLP(nn.Module):
     """y = Θ · [B_n(t_j) u_j ; act(g_k) u_k]: the expanded channels' series plus plaintext channels.
 
-    Parameter names match the release's safetensors (see docs/FORMAT.md of unswift):
-    `in_proj` holds gate rows (normalised for expanded channels) then up rows; `theta` holds Θ_{j,n}
-    at column j*(N+1)+n, group after group (each group of channels has its own order N), followed by the
-    plaintext channels' down columns.
+    Tensors as in the release's safetensors (see docs/FORMAT.md of unswift), the file's `theta` and
+    `out_bias` held as `theta.weight` and `theta.bias` (`TENSOR_RENAMES`): `in_proj` holds gate rows
+    (normalised for expanded channels) then up rows; Θ holds Θ_{j,n} at column j*(N+1)+n, group after
+    group (each group of channels has its own order N), followed by the plaintext channels' down columns.
 
     One fused projection, one feature build and one matrix multiply per call, with static shapes and
     no host synchronisation (`torch.compile(fullgraph=True)` and CUDA graphs capture it). In bfloat16 /
@@ -148,18 +175,27 @@ class TaylorMLP(nn.Module):
         rows = self.intermediate * (2 if self.gated else 1)
         self.in_proj = nn.Linear(hidden, rows, bias=True)
         columns = sum(count * (order + 1) for count, order in self.groups) + (self.intermediate - self.expanded)
-        self.theta = nn.Parameter(torch.empty(hidden, columns))
-        self.out_bias = nn.Parameter(torch.zeros(hidden)) if spec.get("out_bias") else None
+        self.theta = nn.Linear(columns, hidden, bias=bool(spec.get("out_bias")))  # weight = Θ [H, columns]
         self.bases = nn.ModuleList(SeriesBasis(order, spec["basis"], spec["extrapolation"]) for _, order in self.groups)
+        self.uniform = _uniform(self.expanded, self.intermediate, self.groups)
         self.act_fn = ACT2FN[spec["hidden_act"]]
 
     def features(self, x):
         """The vector Θ multiplies: series features of expanded channels, then plaintext activations."""
         z = self.in_proj(x)
-        expanded, intermediate, dtype = self.expanded, self.intermediate, self.theta.dtype
+        # Θ's dtype when it is a float (Θ may be kept in bfloat16 while the rest is quantised), else the
+        # activations' (a quantised Θ can report int8; torchao and quanto tensors report their float dtype).
+        weight = getattr(self.theta, "weight", None)  # vLLM's quantised linears may hold no `weight`
+        dtype = weight.dtype if weight is not None and weight.dtype.is_floating_point else x.dtype
+        expanded, intermediate, groups = self.expanded, self.intermediate, self.groups
+        if self.uniform:
+            # One kind of channel: a tensor-parallel rank holds a slice of them (see `series_tp_plan`).
+            intermediate = z.shape[-1] // 2 if self.gated else z.shape[-1]
+            expanded = intermediate if self.expanded else 0
+            groups = [(intermediate, order) for _, order in self.groups]
         parts = []
         start = 0
-        for (count, _), basis in zip(self.groups, self.bases, strict=True):  # static: at most a few groups
+        for (count, _), basis in zip(groups, self.bases, strict=True):  # static: at most a few groups
             series = basis(z[..., start : start + count].float())  # [..., count, order+1]
             if self.gated:
                 series = series * z[..., intermediate + start : intermediate + start + count, None].float()
@@ -173,18 +209,125 @@ class TaylorMLP(nn.Module):
         return parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)
 
     def forward(self, x):
-        return F.linear(self.features(x), self.theta, self.out_bias)
+        return self.theta(self.features(x))
 
 
-class TaylorExperts(nn.ModuleList):
-    """The routed experts of a mixture-of-experts block, each a `TaylorMLP`.
+def _uniform(expanded, intermediate, groups):
+    """Whether every channel of a unit has the same number of Θ columns (one order, or none expanded)."""
+    return expanded == 0 or (expanded == intermediate and len(groups) == 1)
+
+
+def series_tp_plan(spec):
+    """Tensor-parallel styles of the series units (transformers' names), or {} where they cannot split.
+
+    A split must give each rank whole channels: their gate and up rows of `in_proj` (gated: the two
+    halves split alike, `packed_colwise`) and exactly their Θ columns (`rowwise`, then an all-reduce).
+    Contiguous splits do that only when every channel of every unit has the same number of columns:
+    one order, no plaintext channels beside expanded ones. Otherwise (order allocation, partial
+    coverage) the series is replicated on every rank; attention is still split. A unit whose channels
+    do not divide by the number of ranks fails loudly in Θ's product (mismatched shapes), never silently.
+    """
+    for layer in spec["layers"]:
+        groups = [g for g in (layer.get("groups") or [{"channels": layer["expanded"]}]) if g["channels"]]
+        if not _uniform(int(layer["expanded"]), int(layer["intermediate"]), groups):
+            return {}
+    packed = _packed_colwise_style()
+    if packed is None:  # transformers without DTensor tensor parallelism (before 5.2x): untested, replicate
+        return {}
+    units = ["layers.*.mlp"]
+    experts = spec.get("experts")
+    if experts:
+        units.append(f"layers.*.mlp.{experts['module']}.*")
+        if experts.get("shared"):
+            units.append(f"layers.*.mlp.{experts['shared']}")
+    plan = {}
+    for unit in units:
+        plan[f"{unit}.in_proj"] = packed if spec["gated"] else "colwise"
+        plan[f"{unit}.theta"] = "rowwise"
+    return plan
+
+
+_PACKED_STYLE = []  # the registered style's name, once registered
+
+
+def _packed_colwise_style():
+    """transformers' packed column split with the bias split like the rows: gate half and up half alike.
+
+    transformers' own `packed_colwise` (5.24) splits a 1-D bias contiguously, which hands rank 0 the
+    gate biases of every channel. This style (registered once, when transformers' DTensor tensor
+    parallelism exists) is that class with the bias split as its weight is. None where unavailable:
+    the series is then replicated.
+    """
+    if _PACKED_STYLE:
+        return _PACKED_STYLE[0]
+    try:
+        from torch.distributed.tensor import distribute_tensor
+        from torch.distributed.tensor.placement_types import _StridedShard
+        from transformers.distributed.tensor_parallel import ALL_PARALLEL_STYLES, PackedColwiseParallel
+    except ImportError:
+        return None
+
+    class PackedColwiseWithBias(PackedColwiseParallel):
+        def shard_param(self, module, param, mesh):
+            meta = module._parameters.get(param)
+            if meta is None or meta.ndim != 1:
+                return super().shard_param(module, param, mesh)
+            placement = _StridedShard(dim=0, split_factor=self.split_factor)
+            module._parameters[param] = nn.Parameter(distribute_tensor(meta, mesh, [placement], src_data_rank=None),
+                                                     requires_grad=meta.requires_grad)
+
+    ALL_PARALLEL_STYLES.register("unswift_packed_colwise", PackedColwiseWithBias())
+    _PACKED_STYLE.append("unswift_packed_colwise")
+    return _PACKED_STYLE[0]
+
+
+def _declare_series_plan(model, config):
+    """Add the series' styles to the plans transformers built from the config (attention only)."""
+    if getattr(config, "_attn_implementation", None) in ("vllm", "vllm_mla"):
+        # vLLM's Transformers backend reads the same plan but has no packed column split: its `in_proj`
+        # would stay whole while Θ was split. The series stays replicated there; attention is split.
+        return
+    plan = series_tp_plan(config.unswift)
+    base = model.base_model
+    if not plan or getattr(base, "_tp_plan", None) is None:
+        return
+    base._tp_plan.update(plan)
+    if base is not model and getattr(model, "_tp_plan", None) is not None:
+        model._tp_plan.update({f"{model.base_model_prefix}.{name}": style for name, style in plan.items()})
+
+
+class TaylorExperts(nn.Module):
+    """The routed experts of a mixture-of-experts block, each a `TaylorMLP` (children "0".."E-1").
 
     Called like transformers' packed experts module (hidden states [T, H], top-k expert indices and
-    weights [T, k]), so the block's router is used as it is. Each expert that receives tokens runs one
-    feature build and one matrix multiply on exactly those tokens.
+    weights [T, k]), so the block's router is used as it is. Eagerly, each expert that receives tokens
+    runs one feature build and one matrix multiply on exactly those tokens. Under `torch.compile` (vLLM
+    compiles the whole decoder with `fullgraph=True`; CUDA graphs forbid host synchronisation) every
+    expert runs on every token, weighted by its routing weight (zero where it was not chosen): static
+    shapes and the same sums, at E/k times the MLP arithmetic.
+
+    Deliberately not an `nn.ModuleList`: vLLM's Transformers backend replaces a block's `experts`
+    ModuleList (or 3-D packed experts) by its fused MoE kernel, which knows nothing of the series and
+    would compute with weights the release does not have.
     """
 
+    def __init__(self, experts):
+        super().__init__()
+        for index, expert in enumerate(experts):
+            self.add_module(str(index), expert)
+
+    def __len__(self):
+        return len(self._modules)
+
+    def __getitem__(self, index):
+        return self._modules[str(index)]
+
+    def __iter__(self):
+        return iter(self._modules.values())
+
     def forward(self, hidden_states, top_k_index, top_k_weights):
+        if torch.compiler.is_compiling():
+            return self._dense(hidden_states, top_k_index, top_k_weights)
         out = torch.zeros_like(hidden_states)
         for expert in torch.unique(top_k_index).tolist():
             if expert >= len(self):  # transformers' marker for "no expert" (expert-parallel sharding)
@@ -192,6 +335,13 @@ class TaylorExperts(nn.ModuleList):
             token, slot = torch.where(top_k_index == expert)
             y = self[expert](hidden_states[token]) * top_k_weights[token, slot, None]
             out.index_add_(0, token, y.to(out.dtype))
+        return out
+
+    def _dense(self, hidden_states, top_k_index, top_k_weights):
+        out = torch.zeros_like(hidden_states)
+        for index, expert in enumerate(self):
+            weight = torch.where(top_k_index == index, top_k_weights, 0.0).sum(-1, keepdim=True)
+            out = out + (expert(hidden_states) * weight).to(out.dtype)
         return out
 
 
@@ -241,6 +391,7 @@ class _TaylorMixin:
         super().__init__(config)
         install_taylor_mlps(_decoder_layers(self), config)
         self.post_init()
+        _declare_series_plan(self, config)
 
     def _init_weights(self, module):
         # Every TaylorMLP tensor comes from the release; only modules of the base family initialise.
@@ -249,9 +400,26 @@ class _TaylorMixin:
         super()._init_weights(module)
 
 
+_HEAD = re.compile(r"^lm_head\.")
+
+
 class _BaseModelMixin(_TaylorMixin):
-    # A release is saved from the causal LM; its head is expected to be left out of the base model.
-    _keys_to_ignore_on_load_unexpected = [r"^lm_head\."]
+    """A release is saved from the causal LM: its head is left out of the base model without a report.
+
+    Not `_keys_to_ignore_on_load_unexpected`: vLLM's Transformers backend builds the causal LM around
+    the base model and turns that list into "discard these weights", which left an untied `lm_head`
+    uninitialised (every generated token 0). transformers' own filter is extended instead; its argument
+    changed between 5.x releases (two key sets, then one loading-info object), so both are handled.
+    """
+
+    def _adjust_missing_and_unexpected_keys(self, *args, **kwargs):
+        result = super()._adjust_missing_and_unexpected_keys(*args, **kwargs)
+        if isinstance(result, tuple):
+            missing, unexpected = result
+            return missing, {key for key in unexpected if not _HEAD.match(key)}
+        info = args[0] if args else next(iter(kwargs.values()))
+        info.unexpected_keys = {key for key in info.unexpected_keys if not _HEAD.match(key)}
+        return result
 
 
 class UnswiftLlamaModel(_BaseModelMixin, LlamaModel):
@@ -356,3 +524,10 @@ class UnswiftQwen3MoeModel(_BaseModelMixin, Qwen3MoeModel):
 
 class UnswiftQwen3MoeForCausalLM(_TaylorMixin, Qwen3MoeForCausalLM):
     config_class = UnswiftQwen3MoeConfig
+
+
+for _config_class in (UnswiftLlamaConfig, UnswiftMistralConfig, UnswiftPhiConfig, UnswiftQwen2Config,
+                      UnswiftQwen3Config, UnswiftGemmaConfig, UnswiftGemma2Config, UnswiftGemma3TextConfig,
+                      UnswiftPhi3Config, UnswiftGPTNeoXConfig, UnswiftMixtralConfig, UnswiftQwen2MoeConfig,
+                      UnswiftQwen3MoeConfig):
+    _register_tensor_names(_config_class.model_type)

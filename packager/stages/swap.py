@@ -38,11 +38,11 @@ def install_release_mlps(model: nn.Module, adapter: Adapter, spec: dict,
 
     Returns the (module, attribute, original) triples `restore` puts back.
     """
-    from packager.runtime.modeling_unswift import install_taylor_mlps
+    from packager.runtime.modeling_unswift import install_taylor_mlps, module_state
 
     config = types.SimpleNamespace(unswift=spec, hidden_size=model.config.hidden_size)
     replaced = install_taylor_mlps(list(adapter.decoder_layers(model)), config)
-    state = {name: tensor.float() for unit in layers.values() for name, tensor in unit.items()}
+    state = module_state({name: tensor.float() for unit in layers.values() for name, tensor in unit.items()})
     missing = set(state) - set(model.state_dict())
     if missing:
         raise RuntimeError(f"release tensors without a module in the model: {sorted(missing)[:3]}")

@@ -223,3 +223,37 @@ def test_order_allocation_on_heavy_tailed_channels_keeps_the_bytes_and_loads(tmp
     measured = json.loads(done.stdout.strip().splitlines()[-1])
     assert measured[str(tmp_path / "boost")]["kl"] < KL_TOLERANCE
     assert measured[str(tmp_path / "boost")]["kl"] < measured[str(tmp_path / "uniform")]["kl"]
+
+
+ROUND_TRIP = r"""
+import json, sys, tempfile, torch
+from safetensors import safe_open
+from transformers import AutoModel, AutoModelForCausalLM
+out = {}
+for release in sys.argv[1:]:
+    model = AutoModelForCausalLM.from_pretrained(release, trust_remote_code=True).eval()
+    ids = torch.randint(0, 200, (1, 12), generator=torch.Generator().manual_seed(0))
+    with tempfile.TemporaryDirectory() as folder:
+        model.save_pretrained(folder)
+        with safe_open(f"{folder}/model.safetensors", "pt") as saved, \
+                safe_open(f"{release}/model.safetensors", "pt") as original:
+            same_names = sorted(saved.keys()) == sorted(original.keys())
+        again = AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True).eval()
+        with torch.no_grad():
+            same_logits = torch.equal(model(ids).logits, again(ids).logits)
+    AutoModel.from_pretrained(release, trust_remote_code=True)
+    out[release] = {"same_names": same_names, "same_logits": same_logits}
+print(json.dumps(out))
+"""
+
+
+def test_save_pretrained_writes_the_release_names_back(tiny_release, tmp_path):
+    # Θ and the down bias live in an nn.Linear (`theta.weight`, `theta.bias`); the files keep format 1's names.
+    source = build_tiny("phi", tmp_path / "phi-src")  # a family with a down-projection bias
+    api.convert(source, tmp_path / "phi", stats=api.calibrate(source, tokens=512),
+                options=ConvertOptions(order=4, coverage=1.0))
+    done = run_python(ROUND_TRIP, str(tiny_release), str(tmp_path / "phi"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads(done.stdout.strip().splitlines()[-1])
+    assert all(r == {"same_names": True, "same_logits": True} for r in results.values()), results
+    assert "LOAD REPORT" not in done.stdout + done.stderr  # the base model leaves lm_head out silently

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from packager.maths.series import bases
-from packager.runtime.modeling_unswift import SeriesBasis, TaylorMLP
+from packager.runtime.modeling_unswift import SeriesBasis, TaylorExperts, TaylorMLP, module_state
 
 HIDDEN, INTERMEDIATE = 32, 48
 
@@ -40,7 +40,7 @@ def _plain(mlp: TaylorMLP, x: torch.Tensor) -> torch.Tensor:
     """The series written out term by term in float64 (no fused feature build)."""
     z = F.linear(x.double(), mlp.in_proj.weight.double(), mlp.in_proj.bias.double())
     gate, up = z[..., : mlp.intermediate], z[..., mlp.intermediate :]
-    theta = mlp.theta.double()
+    theta = mlp.theta.weight.double()
     y = torch.zeros(*x.shape[:-1], theta.shape[0], dtype=torch.float64)
     column, channel = 0, 0
     for count, order in mlp.groups:
@@ -55,8 +55,8 @@ def _plain(mlp: TaylorMLP, x: torch.Tensor) -> torch.Tensor:
         act = F.silu(gate[..., k]) * (up[..., k] if mlp.gated else 1.0)
         y += act.unsqueeze(-1) * theta[:, column]
         column += 1
-    if mlp.out_bias is not None:
-        y += mlp.out_bias.double()
+    if mlp.theta.bias is not None:
+        y += mlp.theta.bias.double()
     return y
 
 
@@ -134,3 +134,61 @@ def test_cuda_graph_capture_replays_without_host_sync():
         graph.replay()
         torch.cuda.synchronize()
     assert torch.allclose(static_y.float(), expected.float(), rtol=1e-2, atol=1e-2)
+
+
+def _experts(count=4, seed=0) -> TaylorExperts:
+    """Experts of different shapes (as a release's are: coverage differs from expert to expert)."""
+    return TaylorExperts(_mlp(expanded=expanded, seed=seed + index)
+                         for index, expanded in enumerate((40, 48, 0, 20)[:count]))
+
+
+def _routing(tokens=7, experts=4, k=2, seed=3):
+    generator = torch.Generator().manual_seed(seed)
+    index = torch.stack([torch.randperm(experts, generator=generator)[:k] for _ in range(tokens)])
+    return index, torch.rand(tokens, k, generator=generator)
+
+
+def test_experts_static_path_equals_the_routed_one():
+    experts = _experts()
+    x = torch.randn(7, HIDDEN, generator=torch.Generator().manual_seed(4))
+    index, weights = _routing()
+    with torch.no_grad():
+        routed = experts(x, index, weights)
+        static = experts._dense(x, index, weights)
+    assert ((static - routed).abs().max() / routed.abs().max()) < 1e-5
+
+
+def test_experts_are_no_module_list():
+    # vLLM's Transformers backend swaps a ModuleList called `experts` for its fused MoE kernel.
+    experts = _experts()
+    assert not isinstance(experts, torch.nn.ModuleList)
+    assert len(experts) == 4 and experts[1] is list(experts)[1]
+    assert all(p.dim() == 2 for name, p in experts.named_parameters() if name.endswith("weight"))
+
+
+@pytest.mark.skipif(shutil.which("gcc") is None and shutil.which("c++") is None,
+                    reason="torch.compile on CPU needs a C++ compiler")
+def test_experts_compile_fullgraph_matches_eager():
+    experts = _experts()
+    x = torch.randn(7, HIDDEN, generator=torch.Generator().manual_seed(5))
+    index, weights = _routing()
+    compiled = torch.compile(experts, fullgraph=True)
+    with torch.no_grad():
+        eager = experts(x, index, weights)
+        assert ((compiled(x, index, weights) - eager).abs().max() / eager.abs().max()) < 1e-5
+    torch._dynamo.reset()
+
+
+def test_theta_is_a_linear_that_weight_only_quantisers_find():
+    mlp = _mlp(out_bias=True)
+    assert isinstance(mlp.theta, torch.nn.Linear) and mlp.theta.bias is not None
+    linears = {name for name, module in mlp.named_modules() if isinstance(module, torch.nn.Linear)}
+    assert linears == {"in_proj", "theta"}
+
+
+def test_release_names_map_onto_the_parameters_once():
+    names = {"model.layers.0.mlp.theta": 0, "model.layers.0.mlp.out_bias": 1, "model.layers.0.mlp.in_proj.weight": 2,
+             "model.layers.1.mlp.experts.3.theta": 3, "model.layers.0.mlp.theta.weight": 4}
+    assert module_state(names) == {
+        "model.layers.0.mlp.theta.weight": 4, "model.layers.0.mlp.theta.bias": 1,
+        "model.layers.0.mlp.in_proj.weight": 2, "model.layers.1.mlp.experts.3.theta.weight": 3}
