@@ -13,7 +13,7 @@ card; `measurements` writes the measured sections and their headlines, `formatti
 per-unit recipe stays in `unswift.json`: the card shows a summary table of it.
 
 Places kept for later additions: `measurements.SLOWDOWN_COLUMNS` (more slowdowns side by side),
-`RUNTIMES` (the "Runs with" table) and `_recipient` (one sentence about a recipient fingerprint).
+`runtimes` (the "Runs with" section) and `_recipient` (one sentence about a recipient fingerprint).
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from packager.errors import UsageError
 from packager.formats.atomic import write_text_atomic
 from packager.formats.names import CARD, RECORD, SIGNATURE
 from packager.formats.record import read_record
-from packager.publish import measurements
+from packager.publish import measurements, runtimes
 from packager.publish.formatting import byte_size, number, percent, text_source
 
 #: The card template ships inside the package (package data), so an installed wheel renders cards too.
@@ -149,11 +149,13 @@ def render(record: dict[str, Any]) -> str:
         revision=revision,
         local_dir=f"./{repo.split('/')[-1]}",
         tokenizer_line=_tokenizer_line(record.get("payload") or {}, base_model),
+        generate_lines=_generate_lines(record.get("payload") or {}),
+        model_type=runtimes.model_type(record),
         dtype=dtype,
         memory=_memory(record.get("size") or {}, dtype),
         disk=_disk(record.get("size") or {}),
         transformers=record.get("transformers") or "unknown",
-        runs_with=_runs_with(f"unswift_{model_type}" if model_type else "unswift_*"),
+        runs_with=runtimes.runs_with(record, repo, revision),
         verify_intro=_verify_intro((record.get("signing") or {}).get("key_fingerprint")),
         public_key=PUBLIC_KEY,
         fidelity=measurements.fidelity(record.get("eval")),
@@ -186,21 +188,6 @@ PLACEHOLDER_REPO = "ORG/NAME"
 PLACEHOLDER_TAG = "TAG"
 #: The publisher's public key as `unswift keygen --out publisher.pem` names it.
 PUBLIC_KEY = "publisher.pem.pub"
-
-#: The "Runs with" table: runtime, and whether it runs the release (`{model_type}` is filled in).
-RUNTIMES: tuple[tuple[str, str], ...] = (
-    ("transformers with `trust_remote_code=True`",
-     "yes: the release ships its own modelling code (`configuration_unswift.py`, `modeling_unswift.py`)"),
-    ("transformers without `trust_remote_code`",
-     "no: the model type `{model_type}` is not built into transformers, so loading fails with an error"),
-    ("vLLM, SGLang",
-     "no: they do not execute a repository's modelling code, and TaylorMLP layers are not among their "
-     "architectures"),
-    ("llama.cpp, GGUF converters (`convert_hf_to_gguf.py`), Ollama",
-     "no: they do not execute this code, and the converters do not know the `{model_type}` tensors"),
-    ("other runtimes", "not tested"),
-)
-
 
 # ------------------------------------------------------------------------------------------- sections
 
@@ -317,7 +304,23 @@ def _where_note(hub: dict[str, Any]) -> str:
 def _tokenizer_line(payload: dict[str, Any], base_model: str | None) -> str:
     if payload and not any(Path(name).name.startswith("tokenizer") for name in payload):
         return f"# no tokenizer ships with this release; use the source's ({base_model or 'see above'})"
-    return "tokenizer = AutoTokenizer.from_pretrained(repo, revision=revision)"
+    return "tokenizer = AutoTokenizer.from_pretrained(repo, revision=revision, trust_remote_code=True)"
+
+
+def _generate_lines(payload: dict[str, Any]) -> str:
+    """Lines that answer one prompt: through the chat template when the release ships one."""
+    names = {Path(name).name for name in payload}
+    if payload and not any(name.startswith("tokenizer") for name in names):
+        return ""
+    if "chat_template.jinja" in names:
+        prompt = ('messages = [{"role": "user", "content": "What is the capital of France?"}]\n'
+                  "inputs = tokenizer.apply_chat_template(messages, add_generation_prompt=True, "
+                  'return_tensors="pt", return_dict=True)\n')
+    else:
+        prompt = 'inputs = tokenizer("The capital of France is", return_tensors="pt")\n'
+    return (prompt + "inputs = inputs.to(model.device)\n"
+            "output = model.generate(**inputs, max_new_tokens=32, do_sample=False)\n"
+            'print(tokenizer.decode(output[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True))\n')
 
 
 def _memory(size: dict[str, Any], dtype: str) -> str:
@@ -335,11 +338,6 @@ def _disk(size: dict[str, Any]) -> str:
         return "not recorded."
     source = f" (the source checkpoint: {byte_size(size['source_bytes'])})" if size.get("source_bytes") else ""
     return f"{byte_size(size['release_bytes'])} of release files{source}."
-
-
-def _runs_with(model_type: str) -> str:
-    rows = [f"| {runtime} | {verdict.format(model_type=model_type)} |" for runtime, verdict in RUNTIMES]
-    return "\n".join(["| runtime | runs this release? |", "| --- | --- |", *rows])
 
 
 def _verify_intro(fingerprint: str | None) -> str:

@@ -98,7 +98,10 @@ def test_a_changed_figure_in_the_record_changes_the_card(record, path, old, new)
 
 
 def test_every_decimal_figure_in_the_card_comes_from_the_record(record):
+    """Every figure but those of "Runs with", which quote unswift's benchmarks on the demo model (named)."""
     text = card.render(record)
+    runs_with = section(text, "Runs with")
+    text = text.replace(runs_with, "")
     known = numbers_of(record)
     candidates = known + [n * 100 for n in known] + [n / 1e6 for n in known] + [n / 1e9 for n in known]
     figures = re.findall(r"(?<![\w.])\d+\.\d+(?:e[-+]\d+)?", text)
@@ -274,7 +277,9 @@ def test_load_and_verify_sections_use_the_recorded_repo_tag_range_and_fingerprin
     assert "--allow_symlinks" in verify and "sha256sum publisher.pem.pub" in verify
     assert "publisher.pub" not in text
     runs = section(text, "Runs with")
-    assert "vLLM, SGLang | no" in runs and "llama.cpp" in runs and "unswift_llama" in runs
+    assert "| vLLM, Transformers backend (offline `LLM` and the OpenAI-compatible server) | yes" in runs
+    assert 'LLM(model="acme/tiny-unswift", revision="v1.2"' in runs and "--revision v1.2" in runs
+    assert "llama.cpp" in runs and "unswift_llama" in runs
 
 
 def test_a_release_without_tokenizer_does_not_load_one(record):
@@ -331,3 +336,28 @@ def test_render_does_not_change_the_record(record):
     before = copy.deepcopy(record)
     card.render(record)
     assert record == before
+
+
+def test_runs_with_quotes_only_unswifts_demo_benchmarks_and_says_so(record):
+    from packager.publish import runtimes
+
+    text = section(card.render(record), "Runs with")
+    quoted = [*runtimes.VLLM_DEMO_SLOWDOWN.values(), runtimes.INT8_DEMO["memory_ratio"],
+              *(100 * runtimes.INT8_DEMO[k] for k in ("top1_vs_int8_source", "theta_int8_top1"))]
+    figures = re.findall(r"(?<![\w.])(\d+\.\d+)(?:x| ?%)", text)  # ratios and shares, not versions
+    assert len(figures) == len(quoted)
+    for figure in figures:
+        assert any(abs(float(figure) - q) < 0.051 for q in quoted), figure
+    for row in text.splitlines():
+        if re.search(r"\d+\.\d+(?:x| ?%)", row):
+            assert runtimes.DEMO in row and "not measured on this release" in row or "int8" in row, row
+    assert "vLLM" in text and 'if __name__ == "__main__":' in text and "org/tiny-llama" not in text
+
+
+def test_runs_with_says_whether_the_series_splits_across_ranks(record):
+    record["transform"]["allocation"] = {"kind": "uniform", "order": 8}
+    record["transform"]["coverage"] = 1.0
+    assert "split by channel" not in section(card.render(record), "Runs with")
+    assert "the series by channel" in section(card.render(record), "Runs with")
+    record["transform"]["coverage"] = 0.5
+    assert "the series whole on every rank" in section(card.render(record), "Runs with")
