@@ -1,6 +1,6 @@
 """The demo's last words: its figures in one line each, then the path of everything it wrote.
 
-Usage: python scripts/demo_summary.py --release DIR --checkpoint DIR --out DIR
+Usage: python scripts/demo_summary.py --release DIR --checkpoint DIR --out DIR [--seconds S]
 The figures are the model card's own "At a glance" lines (`packager.api.headlines`), read from the
 release's unswift.json; the signature line comes from `unswift verify --json` (OUT/verify.json).
 """
@@ -19,6 +19,7 @@ def main() -> None:
     parser.add_argument("--release", type=Path, required=True)
     parser.add_argument("--checkpoint", type=Path, required=True)
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--seconds", type=int, default=None, help="the demo's wall time so far")
     args = parser.parse_args()
     lines = api.headlines(args.release)
     verify = json.loads((args.out / "verify.json").read_text())
@@ -46,6 +47,13 @@ def main() -> None:
     for path, what in outputs:
         print(f"  {path}\n      {what}")
     print(f"\nRead the card: {args.release / 'README.md'}")
+    budget = (json.loads((args.release / "unswift.json").read_text()).get("budget") or {}).get("name", "full")
+    stages = json.loads((args.out / "release.json").read_text()).get("stage_seconds") or {}
+    took = ", ".join(f"{name} {seconds:.0f} s" for name, seconds in stages.items() if seconds >= 1)
+    if args.seconds is not None:
+        print(f"\nThe demo took {args.seconds // 60} min {args.seconds % 60} s on this machine, measured on the "
+              f"{budget} budget ({took or 'every stage resumed'})."
+              + (" `bash scripts/demo.sh --full` measures at full size." if budget == "quick" else ""))
 
 
 if __name__ == "__main__":

@@ -221,7 +221,21 @@ def _glance(record: dict[str, Any]) -> str:
         "protection": "not audited; assume the source MLP weights can be recovered",
         "signature": "not signed when this card was written",
     }
-    return "\n".join(f"- {labels[key]}: {line or missing[key]}." for key, line in lines.items())
+    glance = [f"- {labels[key]}: {line or missing[key]}." for key, line in lines.items()]
+    return "\n".join([*glance, *_budget(record.get("budget"))])
+
+
+def _budget(budget: dict[str, Any] | None) -> list[str]:
+    """Which sample sizes produced the figures (`unswift release --budget`); nothing for a record without one."""
+    if not isinstance(budget, dict) or not budget.get("name"):
+        return []
+    sizes = (f"{number(budget.get('calibration_tokens'))} calibration tokens, {number(budget.get('eval_tokens'))} "
+             f"eval tokens, {number(budget.get('bench_steps'))} timed decode steps per model, a learning attack of "
+             f"{number(budget.get('learning_steps'))} steps")
+    if budget["name"] == "quick":
+        return [f"- Budget: quick ({sizes}): a preview of the pipeline on small samples; the figures above are "
+                "rougher than a full-size release's (`unswift release` without `--budget quick`)."]
+    return [f"- Budget: {budget['name']} ({sizes})."]
 
 
 def _what(record: dict[str, Any]) -> str:

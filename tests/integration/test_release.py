@@ -153,3 +153,20 @@ def test_a_local_release_names_its_repo_and_tag_and_card_keeps_its_signature(tin
     assert (out / "model.sig").read_bytes() == signature and (out / "README.md").read_text() == readme
     verified = CliRunner().invoke(cli, ["verify", str(out), "--key", str(publisher_key.public_key)])
     assert verified.exit_code == 0, verified.output
+
+
+def test_quick_budget_sizes_every_measurement_and_the_card_names_it(tiny_llama, tmp_path):
+    out = tmp_path / "quick"
+    report = release(tiny_llama, out=out, options=ConvertOptions(order=4, coverage=1.0),
+                     publish=PublishOptions(repo="org/tiny", tag="v1", push=False), secret_file=None,
+                     budget="quick", eval_tokens=512, audit=False)
+    record = json.loads((out / "unswift.json").read_text())
+    assert record["budget"]["name"] == "quick" and record["budget"]["bench_steps"] == 8
+    assert record["calibration"]["tokens"] <= 4096  # the budget's, not the full 16,384
+    assert record["eval"]["eval_tokens"] <= 512  # given explicitly: wins over the budget's 2,048
+    assert {entry["steps"] for entry in record["bench"]} == {8}
+    assert set(report.fields["stage_seconds"]) == set(report.stages)
+    assert "- Budget: quick (4,096 calibration tokens" in (out / "README.md").read_text()
+    with pytest.raises(UsageError, match="other inputs"):  # a quick folder never passes for a full one
+        release(tiny_llama, out=out, options=ConvertOptions(order=4, coverage=1.0),
+                publish=PublishOptions(repo="org/tiny", tag="v1", push=False), secret_file=None, audit=False)
