@@ -125,7 +125,7 @@ def calibrate(
     else:
         say(f"sampling {tokens} calibration tokens from the model (seed {seed})")
         token_text = sample_text(model, tokenizer, kind="calibration", tokens=tokens, seq_len=seq_len,
-                                 seed=seed, cache_key=f"{_source_digest(checkpoint)}/float32")
+                                 seed=seed, cache_key=f"{_source_digest(checkpoint)}/float32", progress=say)
     return gather(checkpoint, token_text, model=model, device=device, seed=seed, bins=bins,
                   batch_size=batch_size, progress=say)
 

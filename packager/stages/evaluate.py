@@ -203,7 +203,8 @@ def evaluate(
         say(f"sampling {tokens} eval tokens from the reference (seed {seed + EVAL_SEED_OFFSET})")
         eval_text = sample_text(ref, tokenizer, kind="eval", tokens=tokens, seq_len=seq_len,
                                 seed=seed + EVAL_SEED_OFFSET,
-                                cache_key=f"{json.dumps(reference.file_digests(), sort_keys=True)}/{dtype_name}")
+                                cache_key=f"{json.dumps(reference.file_digests(), sort_keys=True)}/{dtype_name}",
+                                progress=say)
     calibration = record.get("calibration") or {}
     overlap = calibration.get("text_digest") == eval_text.digest or (
         text is not None and calibration.get("source") == eval_text.source)
