@@ -21,8 +21,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from packager.devices import check_device
 from packager.errors import CheckFailed, HubError, UnswiftError, UsageError
+from packager.limits import LIMITS, check_each
+from packager.limits import check as check_option
 from packager.progress import Progress
+from packager.units import format_size, parse_size
 
 if TYPE_CHECKING:
     from packager.formats.checkpoint import Checkpoint
@@ -42,8 +46,9 @@ __all__ = [
     "CheckFailed", "HubError", "UnswiftError", "UsageError",
     "ConvertOptions", "LearningBudget", "PublishOptions",
     "open_source", "demo_checkpoint", "calibrate", "plan", "convert", "evaluate", "bench", "audit",
-    "record_measurement", "record_bench", "card", "keygen", "sign", "verify", "push", "release",
+    "record_measurement", "record_bench", "card", "headlines", "keygen", "sign", "verify", "push", "release",
     "looks_like_repo_id", "recorded_key_fingerprint", "demo_metadata",
+    "LIMITS", "check_option", "check_each", "check_device", "parse_size", "format_size",
 ]
 
 
@@ -132,9 +137,10 @@ def calibrate(
         UsageError: bad checkpoint or text source, or `out` exists without `overwrite`.
     """
     from packager.formats.atomic import check_output
-    from packager.stages.calibrate import DEFAULT_TOKENS
+    from packager.stages.calibrate import DEFAULT_TOKENS, check_calibration_options
     from packager.stages.calibrate import calibrate as run
 
+    check_calibration_options(tokens=tokens, seed=seed, device=device)  # before a checkpoint is opened
     source = open_source(checkpoint)
     if out is not None:
         check_output(Path(out), overwrite=overwrite, folder=False)
@@ -148,10 +154,14 @@ def calibrate(
 def plan(checkpoint: str | Path | Checkpoint, options: ConvertOptions | None = None, *,
          context: int | None = None) -> dict:
     """What `convert` would write, from the checkpoint's headers alone (see `packager.stages.plan.dry_run`)."""
+    from packager.limits import check
     from packager.stages.options import ConvertOptions
     from packager.stages.plan.dry_run import plan as run
 
-    return run(open_source(checkpoint), options or ConvertOptions(), context=context)
+    options = options or ConvertOptions()
+    options.validate()
+    check("--context", context)
+    return run(open_source(checkpoint), options, context=context)
 
 
 def convert(checkpoint: str | Path | Checkpoint, out: str | Path, **options) -> tuple[ConvertResult, Secret]:
@@ -159,9 +169,16 @@ def convert(checkpoint: str | Path | Checkpoint, out: str | Path, **options) -> 
 
     See `packager.stages.convert.convert` for the options (stats, options, calibration, calibration_tokens,
     calibration_seed, secret_file, overwrite, progress).
+
+    Raises:
+        UsageError: bad options (checked before the checkpoint is opened), checkpoint, statistics or output.
     """
+    from packager.stages.calibrate import check_calibration_options
     from packager.stages.convert import convert as run
 
+    if options.get("options") is not None:
+        options["options"].validate()
+    check_calibration_options(tokens=options.get("calibration_tokens"), seed=options.get("calibration_seed"))
     return run(open_source(checkpoint), out, **options)
 
 
@@ -177,30 +194,50 @@ def evaluate(
     """Fidelity of a release against its source (see `packager.stages.evaluate.evaluate`).
 
     Raises:
-        UsageError: not a release, bad reference, text, prompts, dtype or device.
+        UsageError: an option out of range or an unknown or absent device (checked before the reference is
+            opened or any model loaded), not a release, bad reference, text or prompts.
         CheckFailed: `min_top1` / `max_kl` missed (the report is in the error's details).
     """
     from packager.devices import default_device
-    from packager.stages.evaluate import DEFAULT_EVAL_TOKENS
+    from packager.stages.evaluate import DEFAULT_EVAL_TOKENS, check_eval_options
     from packager.stages.evaluate import evaluate as run
 
+    check_eval_options(tokens=tokens, seed=seed, dtype=dtype, device=device, min_top1=min_top1, max_kl=max_kl)
     return run(Path(release_dir), open_source(reference), text=text, prompts=prompts,
                tokens=DEFAULT_EVAL_TOKENS if tokens is None else tokens, seed=seed, dtype=dtype,
                device=device or default_device(), min_top1=min_top1, max_kl=max_kl, progress=progress)
 
 
 def bench(release_dir: str | Path, reference: str | Path | Checkpoint, **options) -> BenchReport:
-    """Decode and prefill slowdown of a release against its source (see `packager.stages.bench.bench`)."""
-    from packager.stages.bench import bench as run
+    """Decode and prefill slowdown of a release against its source (see `packager.stages.bench.bench`).
 
+    Raises:
+        UsageError: an option out of range or an unknown or absent device (checked before the reference is
+            opened or any model loaded), not a release, bad reference.
+    """
+    from packager.stages.bench import bench as run
+    from packager.stages.bench import check_bench_options
+
+    check_bench_options(**{name: options[name] for name in ("device", "dtype", "batches", "context", "steps",
+                                                            "prefill_tokens") if name in options})
     return run(release_dir, open_source(reference), **options)
 
 
 def audit(release_dir: str | Path, *, reference: str | Path | Checkpoint | None = None,
           **options) -> AuditReport:
-    """The known attacks and the leak scan on a release (see `packager.stages.audit.audit`)."""
+    """The known attacks and the leak scan on a release (see `packager.stages.audit.audit`).
+
+    Raises:
+        UsageError: an option out of range (checked before the reference is opened), not a release, an
+            unknown attack, a secret that is not the release's.
+        CheckFailed: `max_recovered` exceeded.
+    """
+    from packager.limits import check
     from packager.stages.audit import audit as run
 
+    check("--max-recovered", options.get("max_recovered"))
+    if options.get("learning") is not None:
+        options["learning"].validate()
     return run(release_dir, reference=None if reference is None else open_source(reference), **options)
 
 
@@ -236,10 +273,27 @@ def recorded_key_fingerprint(release_dir: str | Path) -> str | None:
 
 
 def card(release_dir: str | Path) -> CardResult:
-    """(Re)write README.md from unswift.json; a signature over the old card is removed."""
+    """(Re)write README.md from unswift.json; a signature over the old card is removed.
+
+    A card that renders exactly as the README on disk is not rewritten, and a signature over it is kept.
+    """
     from packager.publish.card import card as run
 
     return run(release_dir)
+
+
+def headlines(release_dir: str | Path) -> dict[str, str | None]:
+    """One line each on fidelity, slowdown, protection and signature, as the card's "At a glance" says them.
+
+    Keys `fidelity`, `slowdown`, `protection`, `signature`; None where the record has no such figure.
+
+    Raises:
+        UsageError: not a release folder.
+    """
+    from packager.formats.record import read_record
+    from packager.publish.card import headlines as build
+
+    return build(read_record(Path(release_dir)))
 
 
 def keygen(out: str | Path, *, curve: str = "P-256", overwrite: bool = False) -> KeyPair:
@@ -290,7 +344,13 @@ def push(release_dir: str | Path, repo_id: str, **options) -> PushResult:
 
 
 def release(checkpoint: str | Path | Checkpoint, **options) -> ReleaseReport:
-    """calibrate -> convert -> eval -> bench -> audit -> card -> sign -> push (see `packager.release.release`)."""
+    """calibrate -> convert -> eval -> bench -> audit -> card -> sign -> push (see `packager.release.release`).
+
+    Raises:
+        UsageError: bad options (checked before the checkpoint is opened), and what `release` raises.
+    """
+    from packager.release import check_release_options
     from packager.release import release as run
 
+    check_release_options(**options)
     return run(open_source(checkpoint), **options)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,12 +24,17 @@ from packager.formats.files import list_files, sha256_file, sha256_text
 from packager.formats.names import RECORD, SIGNATURE
 from packager.formats.record import read_record, record_measurement, update_record
 from packager.progress import Progress, reporter
+from packager.stages.budget import Budget, budget_named
 from packager.stages.options import ConvertOptions
 
 
 @dataclass(frozen=True)
 class PublishOptions:
-    """Where and how the release is pushed (None repo = `--no-push`)."""
+    """Where and how the release is pushed.
+
+    `repo` (and `tag`) name the release in its card even when `push` is False (`--no-push`), so every
+    snippet of the card shows the repo users will load; `repo=None` leaves placeholders in the card.
+    """
 
     repo: str | None
     tag: str | None = None
@@ -38,6 +44,12 @@ class PublishOptions:
     revision: str | None = None
     create_pr: bool = False
     no_xet: bool = False
+    push: bool = True
+
+    @property
+    def pushing(self) -> bool:
+        """Whether the release stage ends with a push (a repo is named and `--no-push` was not given)."""
+        return self.repo is not None and self.push
 
 
 @dataclass
@@ -76,6 +88,7 @@ class _Run:
     inputs: str
     reuse: bool
     eval_tokens: int
+    budget: Budget
     thresholds: dict
     measure: dict  # {"bench": bool, "audit": bool}
     show_progress: bool
@@ -90,31 +103,56 @@ class _Run:
 def release(
     checkpoint: str | Path | Checkpoint, *, out: str | Path | None = None, options: ConvertOptions | None = None,
     publish: PublishOptions | None = None, key: str | Path | None = None, calibration: str | Path | None = None,
-    calibration_tokens: int = 16384, calibration_seed: int = 0, stats: str | Path | None = None,
+    calibration_tokens: int | None = None, calibration_seed: int = 0, stats: str | Path | None = None,
     secret_file: str | Path | None = None, min_top1: float | None = None, max_kl: float | None = None,
-    overwrite: bool = False, eval_tokens: int = 8192, bench: bool = True, audit: bool = True,
-    progress: Progress = None, show_progress: bool = False,
+    overwrite: bool = False, eval_tokens: int | None = None, bench: bool = True, audit: bool = True,
+    budget: str = "full", progress: Progress = None, show_progress: bool = False,
 ) -> ReleaseReport:
-    """Take a checkpoint to a signed, pushed release (or a signed local folder with `publish.repo=None`).
+    """Take a checkpoint to a signed, pushed release (or a signed local folder: `publish.push=False`).
+
+    `budget` ("full" or "quick", `packager.stages.budget`) sizes every measurement; `calibration_tokens`
+    and `eval_tokens`, when given, win over it. The record and the card name the budget.
 
     Raises:
-        UsageError: bad input, found before any expensive stage (checkpoint, options, key, repo id,
+        UsageError: bad input, found before any expensive stage (options, checkpoint, key, repo id,
             output folder whose recorded inputs differ and no `overwrite`).
         CheckFailed: `min_top1` / `max_kl` missed (before anything is pushed).
         HubError: a network or Hub failure; re-running resumes.
     """
+    sizes = budget_named(budget)
+    calibration_tokens = sizes.calibration_tokens if calibration_tokens is None else calibration_tokens
+    eval_tokens = sizes.eval_tokens if eval_tokens is None else eval_tokens
+    check_release_options(options=options, calibration_tokens=calibration_tokens,
+                          calibration_seed=calibration_seed, min_top1=min_top1, max_kl=max_kl,
+                          eval_tokens=eval_tokens)
     run = _prepare(checkpoint, out=out, options=options, publish=publish, key=key,
                    calibration=CalibrationInputs(calibration, calibration_tokens, calibration_seed, stats),
-                   secret_file=secret_file, overwrite=overwrite, eval_tokens=eval_tokens,
+                   secret_file=secret_file, overwrite=overwrite, eval_tokens=eval_tokens, budget=sizes,
                    thresholds={"min_top1": min_top1, "max_kl": max_kl}, measure={"bench": bench, "audit": audit},
                    progress=progress, show_progress=show_progress)
+    seconds = run.report.fields.setdefault("stage_seconds", {})
     for name, stage in STAGES:
+        started = time.perf_counter()
         run.report.stages[name] = stage(run)
+        seconds[name] = round(time.perf_counter() - started, 1)
     return run.report
 
 
+def check_release_options(*, options: ConvertOptions | None = None, calibration_tokens: int | None = None,
+                          calibration_seed: int | None = None, min_top1: float | None = None,
+                          max_kl: float | None = None, eval_tokens: int | None = None, **_: object) -> None:
+    """Raise UsageError for an option out of range, before a checkpoint is opened (other arguments ignored)."""
+    from packager.stages.calibrate import check_calibration_options
+    from packager.stages.evaluate import check_eval_options
+
+    if options is not None:
+        options.validate()
+    check_calibration_options(tokens=calibration_tokens, seed=calibration_seed)
+    check_eval_options(tokens=eval_tokens, min_top1=min_top1, max_kl=max_kl)
+
+
 def _prepare(checkpoint, *, out, options, publish, key, calibration: CalibrationInputs, secret_file, overwrite,
-             eval_tokens, thresholds, measure, progress, show_progress) -> _Run:
+             eval_tokens, budget: Budget, thresholds, measure, progress, show_progress) -> _Run:
     """Every cheap check, before the first expensive stage; the secret is created now so a re-run finds it."""
     from packager.formats.secret import resolve_secret
     from packager.maths.transform import secret_id
@@ -124,7 +162,7 @@ def _prepare(checkpoint, *, out, options, publish, key, calibration: Calibration
     publish = publish or PublishOptions(repo=None)
     source = checkpoint if isinstance(checkpoint, Checkpoint) else open_checkpoint(checkpoint)
     out = Path(out) if out else Path("releases") / source.name.split("/")[-1]
-    signing_key = _load_key(key, pushing=publish.repo is not None)
+    signing_key = _load_key(key, pushing=publish.pushing)
     if publish.repo is not None:
         from packager.publish.hub import check_repo_id
 
@@ -132,18 +170,19 @@ def _prepare(checkpoint, *, out, options, publish, key, calibration: Calibration
     secret = resolve_secret(secret_file, out)
     if secret.origin == "new":
         reporter(progress)(f"new hardening secret written to {secret.path} (mode 0600); keep it, never publish it")
-    inputs = release_inputs(source, options, calibration, secret_id=secret_id(secret.value))
+    inputs = release_inputs(source, options, calibration, secret_id=secret_id(secret.value), budget=budget.name)
     reuse = _reusable(out, inputs)
     if out.exists() and not reuse and not overwrite:
         raise UsageError(f"output folder '{out}' exists and was made from other inputs; pass --overwrite "
                          "to replace it (a folder from the same inputs is resumed)")
     return _Run(source, out, options, publish, calibration, signing_key, secret, inputs, reuse, eval_tokens,
-                thresholds, measure, show_progress, progress, ReleaseReport(out))
+                budget, thresholds, measure, show_progress, progress, ReleaseReport(out))
 
 
 def release_inputs(checkpoint: Checkpoint, options: ConvertOptions, calibration: CalibrationInputs, *,
-                   secret_id: str) -> str:
-    """Digest of everything that determines the converted folder: a match means it can be reused."""
+                   secret_id: str, budget: str = "full") -> str:
+    """Digest of everything that determines the converted folder and its measurements: a match means it
+    can be reused (the budget counts: a quick folder's figures must not pass for full-size ones)."""
     calibration_digest = None
     if calibration.text is not None:
         path = Path(calibration.text)
@@ -153,6 +192,7 @@ def release_inputs(checkpoint: Checkpoint, options: ConvertOptions, calibration:
         "source": checkpoint.file_digests(), "options": options.__dict__, "calibration": calibration_digest,
         "calibration_tokens": calibration.tokens, "calibration_seed": calibration.seed,
         "stats": sha256_file(Path(calibration.stats)) if calibration.stats else None, "secret": secret_id,
+        **({"budget": budget} if budget != "full" else {}),
     }, sort_keys=True, default=str))
 
 
@@ -171,7 +211,8 @@ def _convert(run: _Run) -> str:
             calibration_tokens=calibration.tokens, calibration_seed=calibration.seed,
             secret_file=run.secret.path if run.secret.origin != "env" else None, overwrite=True,
             progress=run.progress)
-    update_record(run.out, inputs={**read_record(run.out)["inputs"], "release": run.inputs})
+    update_record(run.out, inputs={**read_record(run.out)["inputs"], "release": run.inputs},
+                  budget=run.budget.to_json())
     run.report.fields["secret_file"] = str(run.secret.path) if run.secret.path else None
     return "done"
 
@@ -183,7 +224,7 @@ def _eval(run: _Run) -> str:
     if read_record(run.out).get("eval") is None:
         run.say("eval")
         measured = evaluate(run.out, run.source, tokens=run.eval_tokens, device=default_device(),
-                            progress=run.progress)
+                            greedy_tokens=run.budget.greedy_tokens, progress=run.progress)
         record_measurement(run.out, "eval", measured.to_json())
         state = "done"
     evaluation = read_record(run.out)["eval"]
@@ -202,19 +243,22 @@ def _bench(run: _Run) -> str:
     if read_record(run.out).get("bench"):
         return "skipped (recorded)"
     run.say("bench")
-    record_bench(run.out, bench(run.out, run.source, progress=run.progress))
+    record_bench(run.out, bench(run.out, run.source, steps=run.budget.bench_steps, progress=run.progress))
     return "done"
 
 
 def _audit(run: _Run) -> str:
     from packager.stages.audit import audit
+    from packager.stages.audit.report import LearningBudget
 
     if not run.measure["audit"]:
         return "skipped (--no-audit)"
     if read_record(run.out).get("audit") is not None:
         return "skipped (recorded)"
     run.say("audit")
-    record_measurement(run.out, "audit", audit(run.out, reference=run.source, progress=run.progress).to_json())
+    learning = LearningBudget(steps=run.budget.learning_steps, tokens=run.budget.attacker_tokens)
+    record_measurement(run.out, "audit", audit(run.out, reference=run.source, learning=learning,
+                                               progress=run.progress).to_json())
     return "done"
 
 
@@ -222,9 +266,9 @@ def _sign(run: _Run) -> str:
     from packager.publish import signing
     from packager.publish.seal import seal
 
-    if run.publish.repo is not None:
-        tag = run.publish.tag or f"unswift-{run.inputs[:12]}"
-        update_record(run.out, hub={"repo": run.publish.repo, "tag": tag})
+    hub = _hub_section(run)
+    if hub != read_record(run.out).get("hub"):
+        update_record(run.out, hub=hub)
     if run.signing_key is None:
         from packager.publish.card import write_readme
 
@@ -242,7 +286,7 @@ def _push(run: _Run) -> str:
     from packager.publish import hub
 
     publish = run.publish
-    if publish.repo is None:
+    if not publish.pushing:
         return "skipped (--no-push)"
     pushed = hub.push(run.out, publish.repo, tag=read_record(run.out)["hub"]["tag"], private=publish.private,
                       public=not publish.private, gated=publish.gated, endpoint=publish.endpoint,
@@ -260,6 +304,19 @@ STAGES: tuple[tuple[str, Callable[[_Run], str]], ...] = (
 
 
 # -- helpers ----------------------------------------------------------------------------------------------
+
+
+def _hub_section(run: _Run) -> dict | None:
+    """Where the release is published, for the card: the repo, and the tag (the default one when pushing).
+
+    With `--no-push` and no `--tag` the tag is unknown (a later `unswift push` picks its own), so the card
+    keeps a placeholder for it and says so.
+    """
+    publish = run.publish
+    if publish.repo is None:
+        return read_record(run.out).get("hub")
+    tag = publish.tag or (f"unswift-{run.inputs[:12]}" if publish.pushing else None)
+    return {"repo": publish.repo, "tag": tag}
 
 
 def _load_key(key: str | Path | None, *, pushing: bool):

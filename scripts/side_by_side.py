@@ -12,6 +12,7 @@ import time
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers.utils import logging
 
 
 def answer(model, tokenizer, prompt: str) -> tuple[str, float]:
@@ -26,9 +27,12 @@ def answer(model, tokenizer, prompt: str) -> tuple[str, float]:
 def main() -> None:
     checkpoint, release = sys.argv[1], sys.argv[2]
     prompt = sys.argv[3] if len(sys.argv) > 3 else "What is the capital of France, and what is it famous for?"
-    tokenizer = AutoTokenizer.from_pretrained(release)
+    logging.disable_progress_bar()
+    tokenizer = AutoTokenizer.from_pretrained(release, trust_remote_code=True)  # no prompt: the code is ours
     original = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=torch.float32)
     converted = AutoModelForCausalLM.from_pretrained(release, trust_remote_code=True, dtype="auto")
+    print("\nSide by side: the original checkpoint and the release, each loaded with transformers in this "
+          "process, answer one prompt (greedy, 48 new tokens; times are wall time on this machine).\n")
     print(f"prompt: {prompt}\n")
     for name, model in (("original", original), ("release ", converted)):
         text, seconds = answer(model, tokenizer, prompt)

@@ -1,46 +1,98 @@
-"""Options shared by `convert` and `release`, with one help text each."""
+"""Options shared by `convert` and `release`, with one help text each, and the range checks of every option.
+
+The callbacks (`checked`, `checked_device`, ...) run the Python API's own checks (`packager.limits`,
+`packager.devices`) while click parses the arguments, so a value out of range fails with one line and
+exit 2 before any command body runs; the API checks again for callers that do not come through here.
+"""
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 
 import click
 from click.core import ParameterSource
 
+from packager import api
 from packager.api import UsageError
 
 #: Same as packager.stages.calibrate.DEFAULT_TOKENS (a test checks); not imported so `--help` stays fast.
 DEFAULT_TOKENS = 16384
 
 
-def _coverage(value: str) -> float | None:
+class OptionError(click.ClickException):
+    """A value out of range, caught while the arguments are parsed: exit 2 with one `error:` line."""
+
+    exit_code = 2
+
+    def show(self, file=None) -> None:
+        click.echo(f"error: {self.format_message()}", err=True)
+
+
+def _flag(param: click.Parameter) -> str:
+    """The option as the command line spells it (its long form)."""
+    return max(param.opts, key=len)
+
+
+def _guarded(check: Callable):
+    """A click callback running `check(flag, value)`, its UsageError turned into an `OptionError`."""
+
+    def callback(ctx: click.Context, param: click.Parameter, value):
+        if value is None or (param.multiple and not value):
+            return value
+        try:
+            return check(_flag(param), value)
+        except UsageError as err:
+            raise OptionError(err.message) from None
+
+    return callback
+
+
+def _number(flag: str, value):
+    return api.check_each(flag, value) if isinstance(value, tuple) else api.check_option(flag, value)
+
+
+def _coverage(flag: str, value: str) -> float | None:
+    """`auto` (None) or a share of channels in (0, 1]."""
     if value == "auto":
         return None
     try:
-        return float(value)
+        number = float(value)
     except ValueError:
-        raise UsageError(f"--coverage '{value}' is not a number or 'auto'") from None
+        raise UsageError(f"{flag} '{value}' is not a number or 'auto'") from None
+    return api.check_option(flag, number)
 
+
+def _units(flag: str, value: str) -> tuple[int, ...]:
+    """MLP unit numbers from '0,15'."""
+    try:
+        units = tuple(int(part) for part in value.split(",") if part.strip())
+    except ValueError:
+        raise UsageError(f"{flag} '{value}' is not a list of unit numbers such as 0,15") from None
+    return api.check_each(flag, units)
+
+
+def _size(flag: str, value: str) -> int:
+    return api.check_option(flag, api.parse_size(value, flag=flag))
+
+
+#: Click callbacks: the same range checks as the Python API (`packager.limits`), run at parse time.
+checked = _guarded(_number)
+checked_device = _guarded(lambda flag, value: api.check_device(value, flag=flag))
+checked_device_or_auto = _guarded(lambda flag, value: api.check_device(value, allow_auto=True, flag=flag))
+checked_coverage = _guarded(_coverage)
+checked_units = _guarded(_units)
+checked_size = _guarded(_size)
 
 #: Where the options that reach `build_convert_options` through the click context keep their values.
 _META = "unswift.convert"
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]i?b?|b)?\s*$", re.IGNORECASE)
-_UNITS = {"": 1, "b": 1, "k": 1000, "m": 1000**2, "g": 1000**3, "t": 1000**4,
-          "ki": 1024, "mi": 1024**2, "gi": 1024**3, "ti": 1024**4}
-
-
-def parse_size(value: str) -> int:
-    """Bytes from '2GB', '500MB', '1.5GiB' or a plain number of bytes."""
-    match = _SIZE.match(str(value))
-    if not match:
-        raise UsageError(f"--max-shard-size '{value}' is not a size; write e.g. 2GB, 500MB or 1GiB")
-    unit = (match.group(2) or "").lower().removesuffix("b")
-    return int(float(match.group(1)) * _UNITS[unit])
 
 
 def _remember(ctx: click.Context, param: click.Parameter, value):
     """Keep an option's value in the context for `build_convert_options` (not passed to the command)."""
+    if param.name == "max_shard_size":
+        value = checked_size(ctx, param, value)
+    elif param.name == "slowdown":
+        value = checked(ctx, param, value)
     ctx.meta.setdefault(_META, {})[param.name] = value
     return value
 
@@ -58,13 +110,13 @@ def convert_options(func: Callable) -> Callable:
     `build_convert_options` (and `dry_run_requested`) through the click context.
     """
     options = [
-        click.option("--order", type=int, default=8, show_default=True,
+        click.option("--order", type=int, default=8, show_default=True, callback=checked,
                      help="Series order N: each expanded channel releases N+1 coefficient vectors."),
         click.option("--slowdown", type=float, default=None, expose_value=False, callback=_remember,
                      help="Decode slowdown wanted (batch 1), e.g. 4: order and coverage are chosen by the bytes "
                           "model, refined by timing on this machine, best measured fidelity among the choices "
                           "that reach it. Excludes --order and --coverage."),
-        click.option("--coverage", default="auto", show_default=True,
+        click.option("--coverage", default="auto", show_default=True, callback=checked_coverage,
                      help="Fraction of MLP channels expanded, or 'auto': the largest whose measured top-1 "
                           "agreement on held-out text meets --min-top1."),
         click.option("--fit", type=click.Choice(["weighted", "taylor"]), default="weighted", show_default=True,
@@ -74,14 +126,14 @@ def convert_options(func: Callable) -> Callable:
                      help="'boost': with the weighted fit, channels get order N-1 or 2N (the 1/(N+1) whose error "
                           "drops most), reading the same bytes as order N; used only where it lowers the expected "
                           "error. 'uniform': every channel order N."),
-        click.option("--min-top1", type=float, default=None,
+        click.option("--min-top1", type=float, default=None, callback=checked,
                      help="Fidelity threshold: picks --coverage auto (default 0.995); in `release` a miss "
                           "stops before pushing (exit 1)."),
         click.option("--calibration", "calibration", type=click.Path(), default=None,
                      help="Calibration text: a text file, a .jsonl with a 'text' field, or a folder of .txt. "
                           "Default: text sampled from the checkpoint itself."),
-        click.option("--calibration-tokens", type=int, default=DEFAULT_TOKENS, show_default=True),
-        click.option("--calibration-seed", type=int, default=0, show_default=True),
+        click.option("--calibration-tokens", type=int, default=DEFAULT_TOKENS, show_default=True, callback=checked),
+        click.option("--calibration-seed", type=int, default=0, show_default=True, callback=checked),
         click.option("--stats", type=click.Path(), default=None, help="Reuse a calibration from `unswift calibrate`."),
         click.option("--hardening/--no-hardening", default=True, show_default=True,
                      help="Secret signs, scales, hidden centres and channel permutation. --fit taylor "
@@ -110,7 +162,7 @@ def convert_options(func: Callable) -> Callable:
     return func
 
 
-def build_convert_options(order: int, coverage: str, fit: str, min_top1: float | None, hardening: bool,
+def build_convert_options(order: int, coverage: float | None, fit: str, min_top1: float | None, hardening: bool,
                           dtype: str | None, license_: str | None, base_model: str | None,
                           allocation: str = "boost", *, allow_dry_run: bool = False):
     """ConvertOptions from the parsed options (plus those kept in the click context), validated.
@@ -133,8 +185,8 @@ def build_convert_options(order: int, coverage: str, fit: str, min_top1: float |
                 raise UsageError(f"--slowdown chooses the series order and coverage; drop {flag}")
     kwargs = {}
     if extra.get("max_shard_size") is not None:
-        kwargs["max_shard_bytes"] = parse_size(extra["max_shard_size"])
-    options = ConvertOptions(order=order, coverage=_coverage(coverage), fit=fit, allocation=allocation,
+        kwargs["max_shard_bytes"] = extra["max_shard_size"]
+    options = ConvertOptions(order=order, coverage=coverage, fit=fit, allocation=allocation,
                              min_top1=0.995 if min_top1 is None else min_top1, hardening=hardening,
                              dtype=dtype, license=license_, base_model=base_model, slowdown=slowdown, **kwargs)
     options.validate()
@@ -151,8 +203,8 @@ def report_plan(report, source, options) -> None:
     coverage = planned["coverage"]
     coverage_text = coverage if isinstance(coverage, str) else f"{coverage:.3f}"
     report.say(f"plan (nothing written): order {planned['order']}, coverage {coverage_text}, release "
-               f"{planned['release_bytes'] / 1e9:.2f} GB on disk ({planned['dtype']}), "
-               f"{memory['total_bytes'] / 1e9:.2f} GB to run at {memory['context']} tokens, predicted "
+               f"{api.format_size(planned['release_bytes'])} on disk ({planned['dtype']}), "
+               f"{api.format_size(memory['total_bytes'])} to run at {memory['context']} tokens, predicted "
                f"decode slowdown {planned['predicted_decode_slowdown']:.2f}x")
     if planned.get("slowdown"):
         report.say("  (bytes model only: convert times candidates on this machine and picks the one that measures "

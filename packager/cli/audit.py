@@ -5,17 +5,7 @@ from __future__ import annotations
 import click
 
 from packager.cli._app import common_options, main, reporting
-
-
-def _units(value: str | None) -> tuple[int, ...] | None:
-    if value is None:
-        return None
-    from packager.api import UsageError
-
-    try:
-        return tuple(int(part) for part in value.split(",") if part.strip())
-    except ValueError:
-        raise UsageError(f"--learning-units '{value}' is not a list of unit numbers such as 0,15") from None
+from packager.cli._options import checked, checked_units
 
 
 @main.command()
@@ -26,18 +16,18 @@ def _units(value: str | None) -> tuple[int, ...] | None:
 @click.option("--secret-file", type=click.Path(), default=None,
               help="The release secret (or env UNSWIFT_SECRET): only checked against the release's "
                    "secret_id; no attack is given it.")
-@click.option("--max-recovered", type=float, default=None,
+@click.option("--max-recovered", type=float, default=None, callback=checked,
               help="Exit 1 if any attack recovers more than this fraction of the protected weights "
                    "(needs --reference).")
 @click.option("--attack", "attacks", multiple=True,
               type=click.Choice(["coefficient_ratio", "kerckhoffs", "learning"]),
               help="Run only these attacks (repeatable). Default: all three.")
-@click.option("--learning-steps", type=int, default=300, show_default=True,
+@click.option("--learning-steps", type=int, default=300, show_default=True, callback=checked,
               help="Budget of the learning attack: Adam steps per attacked MLP.")
-@click.option("--attacker-tokens", type=int, default=2048, show_default=True,
+@click.option("--attacker-tokens", type=int, default=2048, show_default=True, callback=checked,
               help="Tokens of the attacker's own text run through the release to record MLP inputs and "
                    "outputs (learning attack, --kerckhoffs-data).")
-@click.option("--learning-units", default=None,
+@click.option("--learning-units", default=None, callback=checked_units,
               help="MLP units the learning attack fits, e.g. '0,15'. Default: the middle one.")
 @click.option("--kerckhoffs-data", is_flag=True,
               help="Give the kerckhoffs attacker MLP inputs recorded on its own text (default: no data).")
@@ -58,7 +48,7 @@ def audit(release, reference, secret_file, max_recovered, attacks, learning_step
     with reporting("audit", as_json=as_json, quiet=quiet, debug=debug) as report:
         from packager import api
 
-        budget = api.LearningBudget(steps=learning_steps, tokens=attacker_tokens, layers=_units(learning_units))
+        budget = api.LearningBudget(steps=learning_steps, tokens=attacker_tokens, layers=learning_units)
         result = api.audit(release, reference=reference, secret_file=secret_file, max_recovered=max_recovered,
                            attacks=attacks or api.ATTACK_NAMES, learning=budget, kerckhoffs_data=kerckhoffs_data,
                            progress=report.say)

@@ -5,21 +5,23 @@ from __future__ import annotations
 import click
 
 from packager.cli._app import common_options, main, reporting
+from packager.cli._options import checked, checked_device
 
 
 @main.command()
 @click.argument("release", type=click.Path())
 @click.option("--reference", required=True, help="The source checkpoint (folder or Hub id).")
-@click.option("--device", default=None, help="cpu or cuda. Default: cuda if present, else cpu.")
+@click.option("--device", default=None, callback=checked_device,
+              help="cpu, cuda or cuda:<index>. Default: cuda if present, else cpu.")
 @click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]), default=None,
               help="Run both models in this dtype. Default: the release's.")
-@click.option("--batch", "batches", type=int, multiple=True,
+@click.option("--batch", "batches", type=int, multiple=True, callback=checked,
               help="Batch size; repeat for several. Default: 1 and 8 (batch 1 gives the top-level fields).")
-@click.option("--context", type=int, default=512, show_default=True,
+@click.option("--context", type=int, default=512, show_default=True, callback=checked,
               help="Tokens in the KV cache while decode steps are timed (the bytes model uses the same).")
-@click.option("--steps", type=int, default=20, show_default=True,
+@click.option("--steps", type=int, default=20, show_default=True, callback=checked,
               help="Timed decode steps per model and batch, interleaved, after 3 warm-up steps.")
-@click.option("--prefill-tokens", type=int, default=128, show_default=True,
+@click.option("--prefill-tokens", type=int, default=128, show_default=True, callback=checked,
               help="Tokens of each prefill measurement, all sequences of the batch together.")
 @click.option("--record", is_flag=True, help="Store the entries in the release's unswift.json, replacing those of "
               "the same (device, dtype, batch); removes model.sig: re-sign afterwards.")

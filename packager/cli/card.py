@@ -13,8 +13,10 @@ from packager.cli._app import common_options, main, reporting
 def card_command(release: str, as_json: bool, quiet: bool, debug: bool) -> None:
     """(Re)write RELEASE/README.md from the packaged card template and RELEASE/unswift.json.
 
-    Every figure in the card comes from unswift.json. On a signed release the old model.sig no longer
-    matches the new README, so it is removed and the command says so: sign again afterwards.
+    Every figure in the card comes from unswift.json. A card that comes out exactly as the README already
+    there is not rewritten, and model.sig is kept. Otherwise, on a signed release, the old model.sig no
+    longer matches the new README, so it is removed and the command says so: sign again afterwards.
+    JSON fields: readme, changed, signature_removed.
 
     \b
     Examples:

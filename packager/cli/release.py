@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import click
+from click.core import ParameterSource
 
 from packager.cli._app import common_options, main, reporting
-from packager.cli._options import build_convert_options, convert_options, dry_run_requested, report_plan
+from packager.cli._options import build_convert_options, checked, convert_options, dry_run_requested, report_plan
 from packager.cli.push import _exported
 
 
@@ -13,7 +14,8 @@ from packager.cli.push import _exported
 @click.argument("checkpoint")
 @click.option("--repo", default=None, metavar="ORG/NAME", help="Hub model repo to publish to.")
 @click.option("--out", type=click.Path(), default=None, help="Release folder. Default: ./releases/<name>.")
-@click.option("--no-push", is_flag=True, help="Stop after signing; nothing is sent to the Hub.")
+@click.option("--no-push", is_flag=True, help="Stop after signing; nothing is sent to the Hub (--repo and --tag "
+              "still name the release in its card).")
 @click.option("--key", type=click.Path(), default=None,
               help="Signing key (PEM, ECDSA P-256/384/521) or env UNSWIFT_SIGNING_KEY. Required to push.")
 @click.option("--tag", default=None, help="Tag of the release commit. Default: unswift-<inputs digest>.")
@@ -24,15 +26,21 @@ from packager.cli.push import _exported
 @click.option("--revision", default=None, metavar="BRANCH", help="Branch to commit to (default: main).")
 @click.option("--create-pr", is_flag=True, help="Open a pull request instead of committing.")
 @click.option("--no-xet", is_flag=True, help="Upload with Git LFS even though hf_xet is installed.")
-@click.option("--max-kl", type=float, default=None, help="Stop before pushing (exit 1) if mean KL is above this.")
-@click.option("--eval-tokens", type=int, default=8192, show_default=True)
+@click.option("--max-kl", type=float, default=None, callback=checked,
+              help="Stop before pushing (exit 1) if mean KL is above this.")
+@click.option("--eval-tokens", type=int, default=None, callback=checked,
+              help="Teacher-forced tokens of the fidelity eval. Default: 8192 (--budget quick: 2048).")
+@click.option("--budget", type=click.Choice(["full", "quick"]), default="full", show_default=True,
+              help="Size of every measurement: 'quick' previews the whole pipeline on smaller samples "
+              "(calibration 4,096 tokens, eval 2,048, bench 8 steps, learning attack 60 steps); the record "
+              "and the card name the budget. --calibration-tokens and --eval-tokens, when given, win.")
 @click.option("--bench/--no-bench", default=True, show_default=True,
               help="Measure the slowdown against the source on this machine.")
 @click.option("--audit/--no-audit", default=True, show_default=True, help="Run the protection audit.")
 @convert_options
 @common_options
 def release(checkpoint, repo, out, no_push, key, tag, private, gated, endpoint, revision, create_pr, no_xet,
-            max_kl, eval_tokens, bench, audit, order, coverage, fit, allocation, min_top1, calibration,
+            max_kl, eval_tokens, budget, bench, audit, order, coverage, fit, allocation, min_top1, calibration,
             calibration_tokens, calibration_seed, stats, hardening, secret_file, dtype, license_, base_model, overwrite,
             as_json, quiet, debug):
     """Calibrate, convert, evaluate, bench, audit, card, sign and push, in one resumable command.
@@ -55,13 +63,16 @@ def release(checkpoint, repo, out, no_push, key, tag, private, gated, endpoint, 
         if dry_run_requested():  # the plan only: no key, secret, folder or Hub call is touched
             report_plan(report, api.open_source(checkpoint), options)
             return
-        publish = api.PublishOptions(repo=None if no_push else repo, tag=tag, private=private, gated=gated,
-                                 endpoint=endpoint, revision=revision, create_pr=create_pr, no_xet=no_xet)
+        if click.get_current_context().get_parameter_source("calibration_tokens") is ParameterSource.DEFAULT:
+            calibration_tokens = None  # the budget's
+        publish = api.PublishOptions(repo=repo, tag=tag, private=private, gated=gated, endpoint=endpoint,
+                                     revision=revision, create_pr=create_pr, no_xet=no_xet, push=not no_push)
         result = api.release(checkpoint, out=out, options=options, publish=publish, key=key,
                              calibration=calibration, calibration_tokens=calibration_tokens,
                              calibration_seed=calibration_seed, stats=stats, secret_file=secret_file,
                              min_top1=min_top1, max_kl=max_kl, overwrite=overwrite, eval_tokens=eval_tokens,
-                             bench=bench, audit=audit, progress=report.say, show_progress=report.show_progress)
+                             bench=bench, audit=audit, budget=budget, progress=report.say,
+                             show_progress=report.show_progress)
         report.update(result.to_json())
         for stage, state in result.stages.items():
             report.say(f"{stage}: {state}")

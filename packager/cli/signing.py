@@ -88,8 +88,8 @@ def verify_command(target: str, key: str | None, revision: str | None, endpoint:
 
     \b
     Examples:
-      unswift verify org/model --revision v1 --key publisher.pub
-      unswift verify ./downloads/model --key publisher.pub --json
+      unswift verify org/model --revision v1 --key publisher.pem.pub
+      unswift verify ./downloads/model --key publisher.pem.pub --json
 
     \b
     Exit codes: 0 verified, 1 a file or the signature does not match, 2 bad input (e.g. no --key),

@@ -7,7 +7,15 @@ from pathlib import Path
 import click
 
 from packager.cli._app import common_options, main, reporting
-from packager.cli._options import build_convert_options, convert_options, dry_run_requested, report_plan
+from packager.cli._options import (
+    build_convert_options,
+    checked,
+    checked_device,
+    checked_device_or_auto,
+    convert_options,
+    dry_run_requested,
+    report_plan,
+)
 
 
 @main.command()
@@ -15,10 +23,10 @@ from packager.cli._options import build_convert_options, convert_options, dry_ru
 @click.option("--out", required=True, type=click.Path(), help="Statistics file to write (.safetensors).")
 @click.option("--calibration", type=click.Path(), default=None,
               help="Text file, .jsonl with 'text', or folder of .txt. Default: sampled from the checkpoint.")
-@click.option("--calibration-tokens", type=int, default=16384, show_default=True)
-@click.option("--calibration-seed", type=int, default=0, show_default=True)
+@click.option("--calibration-tokens", type=int, default=16384, show_default=True, callback=checked)
+@click.option("--calibration-seed", type=int, default=0, show_default=True, callback=checked)
 @click.option("--overwrite", is_flag=True, help="Replace an existing statistics file.")
-@click.option("--device", default="cpu", show_default=True,
+@click.option("--device", default="cpu", show_default=True, callback=checked_device_or_auto,
               help="cpu, cuda[:i], or auto: the whole model over every visible GPU (then CPU) with accelerate's "
                    "device_map. With --calibration on cpu/cuda the checkpoint is read one decoder layer at a time.")
 @common_options
@@ -76,7 +84,7 @@ def convert(checkpoint, out, order, coverage, fit, allocation, min_top1, calibra
                        "this release, never publish it")
         report.update({"secret_file": str(secret.path) if secret.path else None})
         report.say(f"wrote {result.release_dir}: order {result.spec['order']}, coverage "
-                   f"{result.spec['coverage']:.3f}, {result.release_bytes / 1e6:.1f} MB")
+                   f"{result.spec['coverage']:.3f}, {api.format_size(result.release_bytes)}")
 
 
 @main.command(name="eval")
@@ -84,13 +92,16 @@ def convert(checkpoint, out, order, coverage, fit, allocation, min_top1, calibra
 @click.option("--reference", required=True, help="The source checkpoint (folder or Hub id).")
 @click.option("--text", type=click.Path(), default=None, help="Eval text. Default: sampled from the reference.")
 @click.option("--prompts", type=click.Path(), default=None, help="Greedy prompts, one per line.")
-@click.option("--eval-tokens", type=int, default=8192, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--eval-tokens", type=int, default=8192, show_default=True, callback=checked)
+@click.option("--seed", type=int, default=0, show_default=True, callback=checked)
 @click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]), default=None,
               help="Run both models in this dtype. Default: the release's.")
-@click.option("--device", default=None, help="Default: cuda if present, else cpu.")
-@click.option("--min-top1", type=float, default=None, help="Exit 1 if top-1 agreement is below this.")
-@click.option("--max-kl", type=float, default=None, help="Exit 1 if mean KL (nats/token) is above this.")
+@click.option("--device", default=None, callback=checked_device,
+              help="cpu, cuda or cuda:<index>. Default: cuda if present, else cpu.")
+@click.option("--min-top1", type=float, default=None, callback=checked,
+              help="Exit 1 if top-1 agreement is below this.")
+@click.option("--max-kl", type=float, default=None, callback=checked,
+              help="Exit 1 if mean KL (nats/token) is above this.")
 @click.option("--record", is_flag=True, help="Store the result in the release's unswift.json "
               "(removes model.sig: re-sign afterwards).")
 @common_options
@@ -115,4 +126,5 @@ def eval_(release, reference, text, prompts, eval_tokens, seed, dtype, device, m
         floor = result.noise_floor
         report.say(f"top-1 {result.top1_agreement:.4f} (floor {floor['top1_agreement']:.4f}), "
                    f"KL {result.kl_mean:.2e} (floor {floor['kl_mean']:.2e}), "
-                   f"ppl {result.ppl_reference:.3f} -> {result.ppl_release:.3f}, greedy match {result.greedy_match}")
+                   f"ppl {result.ppl_reference:.3f} -> {result.ppl_release:.3f}, greedy match {result.greedy_match} "
+                   f"[{result.device} {result.dtype}, {result.hardware}]")

@@ -1,21 +1,25 @@
 """The model card (README.md), rendered from the release record `unswift.json` and nothing else.
 
-Every figure in the card is formatted from a value in the record, never measured or derived again,
-so the card and the record cannot disagree. Where the record has no measurement the card says so
-instead of showing a number. The wording about protection is deliberately modest: TaylorMLP is
-reversible by algebra, and the card quotes what the audit measured rather than promising more.
+Every figure in the card is formatted from a value in the record (or a sum of recorded counts), never
+measured again, so the card and the record cannot disagree, and every measured figure stands beside the hardware,
+device and dtype it was measured on. Where the record has no measurement the card says so instead of
+showing a number. The wording about protection is deliberately modest: TaylorMLP is reversible by
+algebra, and the card quotes what the audit measured (what an attacker gets) rather than promising more.
 
 The text lives in the package data `packager/publish/templates/model_card.md` (Python `string.Template`),
-so an installed wheel renders cards too. This module builds the pieces that depend on the record
-(tables, conditional paragraphs) and the YAML header, which comes from huggingface_hub's `ModelCardData`
-so that the Hub reads it as it reads any card; `formatting` writes each figure.
+so an installed wheel renders cards too. This module builds the pieces that depend on the record and the
+YAML header, which comes from huggingface_hub's `ModelCardData` so that the Hub reads it as it reads any
+card; `measurements` writes the measured sections and their headlines, `formatting` each figure. The
+per-unit recipe stays in `unswift.json`: the card shows a summary table of it.
+
+Places kept for later additions: `measurements.SLOWDOWN_COLUMNS` (more slowdowns side by side),
+`runtimes` (the "Runs with" section) and `_recipient` (one sentence about a recipient fingerprint).
 """
 
 from __future__ import annotations
 
 import os
 import string
-from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -27,32 +31,29 @@ from packager.errors import UsageError
 from packager.formats.atomic import write_text_atomic
 from packager.formats.names import CARD, RECORD, SIGNATURE
 from packager.formats.record import read_record
-from packager.publish.formatting import byte_size, number, percent, seconds, times, yaml_block
+from packager.publish import measurements, runtimes
+from packager.publish.formatting import byte_size, number, percent, text_source
 
 #: The card template ships inside the package (package data), so an installed wheel renders cards too.
 TEMPLATE = ("packager.publish", "templates/model_card.md")
 
-#: How the card describes each attack the audit runs (docs/INTERFACE.md, `audit.attacks[].name`).
-_ATTACKS = {
-    "coefficient_ratio": "the published closed-form attack, which reads weights off coefficient ratios",
-    "kerckhoffs": "an attacker who knows unswift's method but not the publisher's secret",
-    "learning": "fitting a fast MLP to input/output pairs of the released one",
-}
-
-
 @dataclass(frozen=True)
 class CardResult:
-    """What `card` did: the README it wrote and whether it had to drop a signature."""
+    """What `card` did: the README, whether it changed, and whether a signature had to be dropped."""
 
     readme: Path
     signature_removed: bool
+    changed: bool = True
 
     def to_json(self) -> dict[str, Any]:
         """The `card` JSON fields (docs/INTERFACE.md)."""
-        return {"readme": str(self.readme), "signature_removed": self.signature_removed}
+        return {"readme": str(self.readme), "changed": self.changed, "signature_removed": self.signature_removed}
 
     def message(self) -> str:
         """What to tell the user; after removing a signature, the command that restores one."""
+        if not self.changed:
+            return f"{self.readme} is up to date; nothing written" + (
+                f", {self.readme.parent / SIGNATURE} kept" if (self.readme.parent / SIGNATURE).exists() else "")
         if not self.signature_removed:
             return f"wrote {self.readme}"
         folder = self.readme.parent
@@ -65,23 +66,28 @@ class CardResult:
 def card(release_dir: str | os.PathLike[str]) -> CardResult:
     """(Re)write a release's README.md; drop a signature the new card would silently break.
 
+    A card that renders byte for byte as the README already on disk is left alone, and so is `model.sig`:
+    re-running `unswift card` on a signed, unchanged release keeps it signed.
+
     Args:
         release_dir: The release folder, holding `unswift.json`.
 
     Returns:
-        The README path, and `signature_removed=True` when a `model.sig` was removed (the release then
-        needs `unswift sign DIR --key KEY` again).
+        The README path, whether it changed, and `signature_removed=True` when a `model.sig` was removed
+        (the release then needs `unswift sign DIR --key KEY` again).
 
     Raises:
         UsageError: No release folder, or its `unswift.json` is missing or not a release record.
     """
     root = Path(release_dir)
     text = render(read_record(root))  # a bad record fails here, before the signature is touched
+    readme = root / CARD
+    if readme.is_file() and readme.read_bytes() == text.encode("utf-8"):
+        return CardResult(readme, signature_removed=False, changed=False)
     signature = root / SIGNATURE
     removed = signature.exists()
     if removed:
         signature.unlink()
-    readme = root / CARD
     write_text_atomic(readme, text)
     return CardResult(readme, removed)
 
@@ -126,7 +132,8 @@ def render(record: dict[str, Any]) -> str:
             raise UsageError(f"{RECORD} has no '{section}' section; it is not a release record")
     source, transform = record["source"], record["transform"]
     hub = record.get("hub") or {}
-    repo = hub.get("repo") or "ORG/NAME"
+    repo = hub.get("repo") or PLACEHOLDER_REPO
+    revision = hub.get("tag") or hub.get("revision") or PLACEHOLDER_TAG
     base_model = source.get("base_model")
     model_type = source.get("model_type") or transform.get("base_model_type")
     dtype = transform.get("dtype") or source.get("dtype") or "float32"
@@ -135,22 +142,26 @@ def render(record: dict[str, Any]) -> str:
         yaml=_yaml_header(base_model, source.get("license"), model_type),
         title=f"{source.get('name') or repo.split('/')[-1]} (TaylorMLP release)",
         summary=_summary(base_model or source.get("name")),
-        what=_what(source, transform),
+        glance=_glance(record),
+        what=_what(record),
+        where_note=_where_note(hub),
         repo=repo,
-        revision=hub.get("tag") or hub.get("revision") or "TAG",
+        revision=revision,
         local_dir=f"./{repo.split('/')[-1]}",
         tokenizer_line=_tokenizer_line(record.get("payload") or {}, base_model),
+        generate_lines=_generate_lines(record.get("payload") or {}),
+        model_type=runtimes.model_type(record),
         dtype=dtype,
         memory=_memory(record.get("size") or {}, dtype),
         disk=_disk(record.get("size") or {}),
         transformers=record.get("transformers") or "unknown",
-        model_type=f"unswift_{model_type}" if model_type else "unswift_*",
+        runs_with=runtimes.runs_with(record, repo, revision),
         verify_intro=_verify_intro((record.get("signing") or {}).get("key_fingerprint")),
-        fidelity=_fidelity(record.get("eval")),
-        slowdown=_slowdown(record.get("bench")),
-        protection=_protection(record.get("audit")),
-        recipe=yaml_block(transform),
-        calibration=_calibration(record.get("calibration")),
+        public_key=PUBLIC_KEY,
+        fidelity=measurements.fidelity(record.get("eval")),
+        slowdown=measurements.slowdown(record),
+        protection=measurements.protection(record.get("audit")),
+        recipe=_recipe(transform, record.get("calibration")),
         tool_version=(record.get("tool") or {}).get("version", "unknown"),
         format_version=record.get("format_version", "unknown"),
         source_name=f"`{source.get('name') or base_model or 'an unnamed checkpoint'}`",
@@ -158,15 +169,25 @@ def render(record: dict[str, Any]) -> str:
     )
 
 
-#: The fidelity table: label, `eval` key, formatter.
-_EVAL_ROWS: tuple[tuple[str, str, Callable[[Any], str]], ...] = (
-    ("top-1 agreement (same next token as the source)", "top1_agreement", percent),
-    ("KL(source ‖ release), nats per token", "kl_mean", number),
-    ("perplexity of the source", "ppl_reference", number),
-    ("perplexity of the release", "ppl_release", number),
-    ("greedy match (prompts whose greedy continuation is identical)", "greedy_match", percent),
-)
+def headlines(record: dict[str, Any]) -> dict[str, str | None]:
+    """One line each on fidelity, slowdown, protection and signing (None where nothing was recorded).
 
+    The card's "At a glance" list, and what `packager.api.headlines` gives the demo's closing summary.
+    """
+    fingerprint = (record.get("signing") or {}).get("key_fingerprint")
+    return {
+        "fidelity": measurements.fidelity_headline(record.get("eval")),
+        "slowdown": measurements.slowdown_headline(record),
+        "protection": measurements.protection_headline(record.get("audit")),
+        "signature": f"signed with the publisher's key, fingerprint {fingerprint}" if fingerprint else None,
+    }
+
+
+#: What the snippets show when the record does not name the Hub repo or tag (the card then says so).
+PLACEHOLDER_REPO = "ORG/NAME"
+PLACEHOLDER_TAG = "TAG"
+#: The publisher's public key as `unswift keygen --out publisher.pem` names it.
+PUBLIC_KEY = "publisher.pem.pub"
 
 # ------------------------------------------------------------------------------------------- sections
 
@@ -191,7 +212,34 @@ def _summary(base: str | None) -> str:
     )
 
 
-def _what(source: dict[str, Any], transform: dict[str, Any]) -> str:
+def _glance(record: dict[str, Any]) -> str:
+    lines = headlines(record)
+    labels = {"fidelity": "Fidelity", "slowdown": "Slowdown", "protection": "Protection", "signature": "Signature"}
+    missing = {
+        "fidelity": "not measured",
+        "slowdown": "not measured",
+        "protection": "not audited; assume the source MLP weights can be recovered",
+        "signature": "not signed when this card was written",
+    }
+    glance = [f"- {labels[key]}: {line or missing[key]}." for key, line in lines.items()]
+    return "\n".join([*glance, *_budget(record.get("budget"))])
+
+
+def _budget(budget: dict[str, Any] | None) -> list[str]:
+    """Which sample sizes produced the figures (`unswift release --budget`); nothing for a record without one."""
+    if not isinstance(budget, dict) or not budget.get("name"):
+        return []
+    sizes = (f"{number(budget.get('calibration_tokens'))} calibration tokens, {number(budget.get('eval_tokens'))} "
+             f"eval tokens, {number(budget.get('bench_steps'))} timed decode steps per model, a learning attack of "
+             f"{number(budget.get('learning_steps'))} steps")
+    if budget["name"] == "quick":
+        return [f"- Budget: quick ({sizes}): a preview of the pipeline on small samples; the figures above are "
+                "rougher than a full-size release's (`unswift release` without `--budget quick`)."]
+    return [f"- Budget: {budget['name']} ({sizes})."]
+
+
+def _what(record: dict[str, Any]) -> str:
+    source, transform = record["source"], record["transform"]
     base = source.get("base_model")
     link = f"[{base}](https://huggingface.co/{base})" if base else f"`{source.get('name', 'the source')}`"
     described = ", ".join(
@@ -202,30 +250,91 @@ def _what(source: dict[str, Any], transform: dict[str, Any]) -> str:
     basis = ", ".join(f"{key} `{transform[key]}`" for key in ("basis", "fit", "extrapolation")
                       if key in transform)
     order = transform.get("order", "unknown")
-    coverage = transform.get("coverage")
-    coverage = percent(coverage) if isinstance(coverage, int | float) else "unknown"
-    hardening = transform.get("hardening") or {}
-    if hardening.get("enabled"):
-        parts = [key for key in ("signs", "scales", "permutation") if hardening.get(key)]
-        hardened = f"on ({', '.join(parts)}, derived from the publisher's secret)" if parts else "on"
-    else:
-        hardened = "off"
+    bullets = [_allocation(transform), _coverage(transform), f"Hardening: {_hardening(transform)}.",
+               _recipient(record.get("fingerprint"))]
     return (
         f"The source is {link}" + (f" ({described})" if described else "") + ". In every MLP, the "
         "activation of the expanded channels is replaced by a polynomial in the normalised gate "
         f"pre-activation, of order {order}" + (f" ({basis})" if basis else "") + ", and the release "
         "stores the polynomial's coefficients multiplied into the down projection instead of the source's "
         "down-projection columns. Attention, embeddings, norms and the LM head are released as they are.\n\n"
-        f"- Order: {order}\n"
-        f"- Coverage: {coverage} of the MLP intermediate channels are expanded; the others stay a plain MLP\n"
-        f"- Hardening: {hardened}"
+        + "\n".join(f"- {bullet}" for bullet in bullets if bullet)
     )
+
+
+def _allocation(transform: dict[str, Any]) -> str:
+    """The series orders in one sentence: base order, boosted order and the share of channels boosted."""
+    order = transform.get("order", "unknown")
+    allocation = transform.get("allocation") or {}
+    boosted, expanded = allocation.get("boosted_channels"), allocation.get("expanded_channels")
+    if allocation.get("kind") == "boost" and isinstance(boosted, int) and isinstance(expanded, int) and expanded:
+        return (
+            f"Order: {order}, allocated: {number(boosted)} of the {number(expanded)} expanded channels (about "
+            f"one in {number(order + 1) if isinstance(order, int) else 'N+1'}, those whose error drops most) "
+            f"carry a polynomial of order {allocation.get('boost_order')} and the others order "
+            f"{allocation.get('base_order')}, which reads the same bytes per token as order {order} everywhere."
+        )
+    return f"Order: {order}, in every expanded channel."
+
+
+def _coverage(transform: dict[str, Any]) -> str:
+    coverage = transform.get("coverage")
+    if not isinstance(coverage, int | float):
+        return "Coverage: not recorded."
+    if coverage >= 1.0:
+        return "Coverage: 100 %: every MLP intermediate channel is expanded."
+    return (f"Coverage: {percent(coverage)} of the MLP intermediate channels are expanded; the others keep "
+            "the source's activation, as in a plain MLP.")
+
+
+def _hardening(transform: dict[str, Any]) -> str:
+    hardening = transform.get("hardening") or {}
+    if not hardening.get("enabled"):
+        return "off"
+    parts = [key for key in ("signs", "scales", "permutation") if hardening.get(key)]
+    return f"on ({', '.join(parts)}, derived from the publisher's secret)" if parts else "on"
+
+
+def _recipient(fingerprint: dict[str, Any] | None) -> str | None:
+    """The one sentence about a recipient fingerprint, from the record's `fingerprint` section.
+
+    Releases carry none yet (no record has the section); the sentence's place is the end of "What this is".
+    """
+    return None
+
+
+def _where_note(hub: dict[str, Any]) -> str:
+    """A note before the snippets when they show a placeholder instead of the repo or the tag."""
+    if not hub.get("repo"):
+        return (f"This card was written before the release was given a Hub repo: in the commands below, "
+                f"replace `{PLACEHOLDER_REPO}` and `{PLACEHOLDER_TAG}` with the repo and the tag it is "
+                "published under.\n\n")
+    if not (hub.get("tag") or hub.get("revision")):
+        return (f"This card was written before the release was tagged: in the commands below, replace "
+                f"`{PLACEHOLDER_TAG}` with the tag or commit you verified.\n\n")
+    return ""
 
 
 def _tokenizer_line(payload: dict[str, Any], base_model: str | None) -> str:
     if payload and not any(Path(name).name.startswith("tokenizer") for name in payload):
         return f"# no tokenizer ships with this release; use the source's ({base_model or 'see above'})"
-    return "tokenizer = AutoTokenizer.from_pretrained(repo, revision=revision)"
+    return "tokenizer = AutoTokenizer.from_pretrained(repo, revision=revision, trust_remote_code=True)"
+
+
+def _generate_lines(payload: dict[str, Any]) -> str:
+    """Lines that answer one prompt: through the chat template when the release ships one."""
+    names = {Path(name).name for name in payload}
+    if payload and not any(name.startswith("tokenizer") for name in names):
+        return ""
+    if "chat_template.jinja" in names:
+        prompt = ('messages = [{"role": "user", "content": "What is the capital of France?"}]\n'
+                  "inputs = tokenizer.apply_chat_template(messages, add_generation_prompt=True, "
+                  'return_tensors="pt", return_dict=True)\n')
+    else:
+        prompt = 'inputs = tokenizer("The capital of France is", return_tensors="pt")\n'
+    return (prompt + "inputs = inputs.to(model.device)\n"
+            "output = model.generate(**inputs, max_new_tokens=32, do_sample=False)\n"
+            'print(tokenizer.decode(output[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True))\n')
 
 
 def _memory(size: dict[str, Any], dtype: str) -> str:
@@ -255,134 +364,65 @@ def _verify_intro(fingerprint: str | None) -> str:
         "Every file of this release is listed with its SHA-256 in `model.sig`, an OpenSSF model-signing "
         "signature made with the publisher's ECDSA key. The key's fingerprint (the SHA-256 of its PEM "
         f"public key) is:\n\n    {fingerprint}\n\n"
-        "Get the publisher's public key (`publisher.pub`) from the publisher, outside this repository "
-        "(their website, or a separate keys repository): a key found next to the model proves nothing. "
-        "Check that its fingerprint is the one above: `unswift verify` prints it, and so does "
-        "`sha256sum publisher.pub` for the PEM file `unswift keygen` writes."
+        "Get the publisher's public key from the publisher, outside this repository (their website, or a "
+        "separate keys repository): a key found next to the model proves nothing. The commands below call it "
+        f"`{PUBLIC_KEY}`, the name `unswift keygen --out publisher.pem` gives it. Check that its fingerprint "
+        f"is the one above: `unswift verify` prints it, and so does `sha256sum {PUBLIC_KEY}`."
     )
 
 
-def _fidelity(evaluation: dict[str, Any] | None) -> str:
-    if not evaluation:
-        return "Not measured: `unswift eval` was not run on this release, so no fidelity figure is shown."
-    floor = evaluation.get("noise_floor")
-    tokens = evaluation.get("eval_tokens")
-    text = f" of {evaluation['text_source']} text" if evaluation.get("text_source") else ""
-    lines = [
-        _command_line(evaluation, "unswift eval RELEASE --reference SOURCE")
-        + f" Both models read the same {number(tokens) + ' ' if tokens is not None else ''}tokens{text}, "
-        "teacher-forced. The noise floor is the same metric for the source computed a second, "
-        "mathematically identical way: differences below it are numerical noise.",
-        "",
-        "| metric | release vs source | noise floor |",
-        "| --- | --- | --- |",
-    ]
-    for label, key, fmt in _EVAL_ROWS:
-        if key not in evaluation:
-            continue
-        noise = floor.get(key) if isinstance(floor, dict) else None
-        shown = fmt(noise) if noise is not None else "—"
-        value = fmt(evaluation[key])
-        if key == "greedy_match" and evaluation[key] is None:
-            value = "not measured (no tokenizer)"
-        lines.append(f"| {label} | {value} | {shown} |")
-    if isinstance(floor, int | float) and not isinstance(floor, bool):
-        lines.append(f"\nNoise floor: {number(floor)}.")
-    return "\n".join(lines)
+def _recipe(transform: dict[str, Any], calibration: dict[str, Any] | None) -> str:
+    """The transform recipe as a short table; the per-unit details stay in `unswift.json`."""
+    rows = [("series", ", ".join(part for part in (
+        f"order {transform.get('order', 'unknown')}",
+        f"{transform['basis']} basis" if transform.get("basis") else "",
+        f"{transform['fit']} fit" if transform.get("fit") else "",
+        f"{transform['extrapolation']} extrapolation" if transform.get("extrapolation") else "") if part))]
+    allocation = transform.get("allocation") or {}
+    if allocation.get("kind") == "boost":
+        rows.append(("allocation", f"orders {allocation.get('base_order')} and {allocation.get('boost_order')} "
+                                   f"({number(allocation.get('boosted_channels'))} channels at "
+                                   f"{allocation.get('boost_order')})"))
+    else:
+        rows.append(("allocation", f"uniform, order {allocation.get('order', transform.get('order', 'unknown'))}"))
+    units = [unit for unit in transform.get("layers") or [] if isinstance(unit, dict)]
+    if units:
+        channels = sum(int(unit.get("intermediate", 0)) for unit in units)
+        expanded = sum(int(unit.get("expanded", 0)) for unit in units)
+        coverage = transform.get("coverage")
+        share = f" ({percent(coverage)})" if isinstance(coverage, int | float) else ""
+        rows.append(("MLP units", f"{number(len(units))}, {number(channels)} intermediate channels in all"))
+        rows.append(("expanded channels", f"{number(expanded)}{share}; {_spread(units, 'expanded')}"))
+        boosted = [sum(g.get("channels", 0) for g in unit.get("groups") or []
+                       if g.get("order") == allocation.get("boost_order")) for unit in units]
+        if allocation.get("kind") == "boost":
+            rows.append(("boosted channels", _spread([{"n": n} for n in boosted], "n")))
+    rows.append(("hardening", _hardening(transform)
+                 + (f", secret id `{transform['hardening']['secret_id']}`"
+                    if (transform.get("hardening") or {}).get("secret_id") else "")))
+    rows.append(("dtype", f"`{transform.get('dtype', 'unknown')}`"))
+    if calibration:
+        rows.append(("calibration", _calibration(calibration)))
+    table = ["| | |", "| --- | --- |", *(f"| {name} | {value} |" for name, value in rows)]
+    return "\n".join(table)
 
 
-def _slowdown(bench: list[dict[str, Any]] | dict[str, Any] | None) -> str:
-    bench = [bench] if isinstance(bench, dict) else bench  # one entry written without its list
-    if not bench:
-        return "Not measured: `unswift bench` was not run on this release, so no slowdown figure is shown."
-    lines = [
-        _command_line(bench[0], "unswift bench RELEASE --reference SOURCE")
-        + " Slowdown is the median time per token of the release divided by the source's, measured in "
-        "interleaved runs; the predicted decode slowdown is the ratio of bytes of weights read per decoded "
-        "token. It holds for the shipped loader only.",
-        "",
-        "| device | dtype | batch | decode slowdown | prefill slowdown | predicted decode slowdown |",
-        "| --- | --- | --- | --- | --- | --- |",
-    ]
-    for entry in bench:
-        lines.append(
-            f"| {entry.get('device', '?')} | {entry.get('dtype', '?')} | {entry.get('batch', '?')} | "
-            f"{times(entry.get('decode_slowdown'))} | {times(entry.get('prefill_slowdown'))} | "
-            f"{times(entry.get('predicted_decode_slowdown'))} |"
-        )
-    return "\n".join(lines)
+def _spread(units: list[dict[str, Any]], key: str) -> str:
+    values = [int(unit.get(key, 0)) for unit in units]
+    low, high = min(values), max(values)
+    return f"{number(low)} in every unit" if low == high else f"{number(low)} to {number(high)} per unit"
 
 
-def _protection(audit: dict[str, Any] | None) -> str:
-    caution = (
-        "TaylorMLP is reversible by algebra: anyone who knows the method can compute the source model's "
-        "MLP weights from the released coefficients, and a published attack does so without any data. "
-        "Hardening raises the cost for an attacker who lacks the publisher's secret; it does not make the "
-        "release a way to keep the weights private."
-    )
-    if not audit:
-        return (
-            f"This release was not audited: `unswift audit` was not run on it, so no attack figure is shown. "
-            f"{caution} Assume that the source MLP weights can be recovered from this release."
-        )
-    lines = [caution, "", _command_line(audit, "unswift audit RELEASE --reference SOURCE") + " It found:", ""]
-    if audit.get("protected_param_fraction") is not None:
-        lines.append(
-            f"- Protected parameters: {percent(audit['protected_param_fraction'])} of the source's parameters "
-            "do not appear in the release as they are (exactly, or up to sign and permutation); the others "
-            "do."
-        )
-    for attack in audit.get("attacks") or []:
-        name = attack.get("name", "unnamed")
-        rebuilt = attack.get("rebuilt_top1")
-        lines.append(
-            f"- Attack `{name}` ({_ATTACKS.get(name, 'an attack the audit ran')}): recovered "
-            f"{percent(attack.get('recovered_fraction'))} of the attacked weights' elements to within one "
-            f"percent relative error (overall relative error {number(attack.get('relative_error'))}) in "
-            f"{seconds(attack.get('seconds'))}"
-            + (
-                f" ({percent(attack['recovered_fraction_up_to_scale'])} once each channel's secret scale, which "
-                "does not change what the model computes, is set aside)"
-                if attack.get("recovered_fraction_up_to_scale") is not None
-                else ""
-            )
-            + "; "
-            + (
-                f"a model rebuilt from what it recovered gives the same next token as the source "
-                f"{percent(rebuilt)} of the time"
-                + (f" (the release itself: {percent(audit['release_top1'])})."
-                   if audit.get("release_top1") is not None else ".")
-                if rebuilt is not None
-                else "no model was rebuilt from it."
-            )
-        )
-    leaks = audit.get("leaks")
-    if leaks:
-        found = "; ".join(f"`{leak.get('tensor')}` matches {_matches(leak.get('matches'))}" for leak in leaks)
-        lines.append(f"- Leak scan: released tensors that equal source tensors: {found}.")
-    elif leaks is not None:
-        lines.append("- Leak scan: no released tensor equals a source tensor it should hide.")
-    return "\n".join(lines)
-
-
-def _matches(matches: Any) -> str:
-    if isinstance(matches, list):
-        return ", ".join(f"`{item}`" for item in matches) or "nothing"
-    return f"`{matches}`"
-
-
-def _command_line(section: dict[str, Any], default: str) -> str:
-    """The sentence saying which command produced a section's figures (the recorded one if present)."""
-    return f"Measured by `{section.get('command') or default}`."
-
-
-def _calibration(calibration: dict[str, Any] | None) -> str:
-    if not calibration:
-        return "No calibration summary is recorded."
-    return (
-        "The calibration that set the expansion intervals (`calibration` in `unswift.json`):\n\n"
-        f"```yaml\n{yaml_block(calibration, compact=False)}\n```"
-    )
+def _calibration(calibration: dict[str, Any]) -> str:
+    tokens = calibration.get("tokens")
+    text = (f"{number(tokens)} tokens of " if isinstance(tokens, int) else "") + text_source(calibration.get("source"))
+    held = calibration.get("heldout_tokens")
+    outside = calibration.get("heldout_outside_fraction", calibration.get("outside_interval_fraction"))
+    if isinstance(outside, int | float):
+        text += (f"; {percent(outside)} of the gate pre-activations of "
+                 + (f"{number(held)} held-out tokens" if isinstance(held, int) else "held-out text")
+                 + " fell outside the calibrated intervals")
+    return text
 
 
 def _limitations(record: dict[str, Any]) -> str:
@@ -394,12 +434,12 @@ def _limitations(record: dict[str, Any]) -> str:
         "section), and differences grow where activations leave the calibrated intervals.",
         "The slowdown comes from the shipped loader; it is not enforced. Anyone who factors the coefficients "
         "can rebuild a plain MLP and run at the source's speed.",
-        "Only runtimes that execute this repository's code run it (see above).",
+        "Only runtimes that execute this repository's code run it (see \"Runs with\").",
     ]
     if transform.get("extrapolation") == "linear":
-        outside = calibration.get("outside_interval_fraction")
+        outside = calibration.get("outside_interval_fraction", calibration.get("heldout_outside_fraction"))
         seen = (
-            f" During calibration, {percent(outside)} of gate pre-activations fell outside the intervals."
+            f" During calibration, {percent(outside)} of held-out gate pre-activations fell outside the intervals."
             if isinstance(outside, int | float)
             else ""
         )

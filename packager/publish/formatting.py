@@ -1,15 +1,18 @@
-"""How the model card writes a recorded value: percentages, counts, ratios, durations, sizes, YAML blocks.
+"""How the model card writes a recorded value: percentages, counts, ratios, durations, sizes, text sources.
 
 Kept apart from the card's wording so that every figure is formatted one way wherever it appears. A
 missing measurement is written "not measured", never as a number. Percentages get as many decimals as
 it takes not to round 0.99996 up to 100 % or 3e-5 down to 0 %, which would claim more than was measured.
+Sizes use decimal units (MB, GB), as the command line does (`packager.units`). Recorded identifiers
+(`self-sampled:eval:seed=1000`) are put in words for readers of the card.
 """
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
-import yaml
+from packager.units import format_size
 
 NOT_MEASURED = "not measured"
 
@@ -47,19 +50,29 @@ def seconds(value: float | None) -> str:
 
 
 def byte_size(count: int) -> str:
-    """A size in GiB from 1 GiB up, in MiB below."""
-    return f"{count / 2**30:.2f} GiB" if count >= 2**30 else f"{count / 2**20:.2f} MiB"
+    """A size in decimal units (`984.28 MB`, `1.23 GB`), as every size unswift prints."""
+    return format_size(count)
 
 
-class _PlainDumper(yaml.SafeDumper):
-    """YAML without anchors: a repeated value is written out again, as a reader expects."""
-
-    def ignore_aliases(self, data: Any) -> bool:
-        return True
+_SAMPLED = re.compile(r"^self-sampled(?::(?P<kind>[\w-]+))?(?::seed=(?P<seed>-?\d+))?$")
 
 
-def yaml_block(section: dict[str, Any], *, compact: bool = True) -> str:
-    """A record section as a YAML block; `compact` puts each leaf mapping or list on one line."""
-    flow = None if compact else False
-    text = yaml.dump(section, Dumper=_PlainDumper, sort_keys=False, default_flow_style=flow, width=100)
-    return text.rstrip()
+def text_source(source: str | None) -> str:
+    """A recorded text source in words: `self-sampled:eval:seed=1000` -> "text sampled from the source
+    model (seed 1000)", `file:corpus.jsonl` -> "text from `corpus.jsonl`"."""
+    if not source:
+        return "text of an unrecorded source"
+    sampled = _SAMPLED.match(source)
+    if sampled:
+        seed = sampled.group("seed")
+        return "text sampled from the source model" + (f" (seed {seed})" if seed is not None else "")
+    if source.startswith("file:"):
+        return f"text from `{source.removeprefix('file:')}`"
+    return f"text from `{source}`"
+
+
+def measured_on(section: dict[str, Any]) -> str:
+    """Where a measurement ran: "<hardware>, <device>, <dtype>" (an older record without hardware says so)."""
+    hardware = section.get("hardware") or "unrecorded hardware"
+    parts = [hardware] + [str(section[key]) for key in ("device", "dtype") if section.get(key)]
+    return ", ".join(parts)

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import copy
 import inspect
-import platform
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -26,11 +25,12 @@ from pathlib import Path
 
 import torch
 
-from packager.devices import default_device
+from packager.devices import check_device, default_device, hardware_name
 from packager.dtypes import RUNTIME
 from packager.errors import UsageError
 from packager.formats.checkpoint import Checkpoint
 from packager.formats.safetensors import folder_tensors
+from packager.limits import check, check_each
 from packager.maths.sizing import predicted_decode_slowdown, step_bytes
 from packager.progress import Progress, reporter
 
@@ -107,23 +107,6 @@ def record_bench(release_dir: Path, report: BenchReport) -> bool:
 
     existing = read_record(release_dir).get("bench") or []
     return record_measurement(release_dir, "bench", merge_entries(existing, report.record_entries()))
-
-
-def hardware_name(device: str) -> str:
-    """What ran the measurement, in words: GPU name, or CPU model and core count."""
-    if device.startswith("cuda"):
-        return torch.cuda.get_device_name(torch.device(device))
-    model = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    import os
-
-    return f"{model}, {os.cpu_count()} cores"
 
 
 def synchronizer(device: str) -> Callable[[], None]:
@@ -270,6 +253,21 @@ def _load(release_dir: Path, reference: Checkpoint, dtype: torch.dtype, device: 
     return ref, rel
 
 
+def check_bench_options(*, device: str | None = None, dtype: str | None = None,
+                        batches: Sequence[int] | None = None, context: int | None = None, steps: int | None = None,
+                        prefill_tokens: int | None = None) -> None:
+    """Raise UsageError for a bench option out of range or a device this machine lacks (None: not given)."""
+    if batches is not None and len(batches) == 0:
+        raise UsageError("--batch: pass at least one batch size, e.g. --batch 1 --batch 8")
+    check_each("--batch", batches)
+    check("--context", context)
+    check("--steps", steps)
+    check("--prefill-tokens", prefill_tokens)
+    if dtype is not None and dtype not in RUNTIME:
+        raise UsageError(f"--dtype {dtype!r} is unknown; choose one of {', '.join(RUNTIME)}")
+    check_device(device)
+
+
 def bench(
     release_dir: str | Path, reference: str | Path | Checkpoint, *, device: str | None = None,
     dtype: str | None = None, batches: Sequence[int] = DEFAULT_BATCHES, context: int = DEFAULT_CONTEXT,
@@ -292,27 +290,24 @@ def bench(
         One entry per batch size; `to_json()` gives the interface's fields for batch 1 plus all entries.
 
     Raises:
-        UsageError: not a release, an unknown dtype or device, or a bad batch / context / steps.
+        UsageError: an option out of range or an unknown or absent device (checked before anything is
+            read), or not a release.
     """
     from packager.formats.checkpoint import open_checkpoint
     from packager.formats.record import read_record
 
+    check_bench_options(device=device, dtype=dtype, batches=batches, context=context, steps=steps,
+                        prefill_tokens=prefill_tokens)
+    if warmup < 0:
+        raise UsageError(f"warmup {warmup} is out of range: pass 0 or more warm-up steps")
     say = reporter(progress)
     release_dir = Path(release_dir)
     record = read_record(release_dir)
     source = reference if isinstance(reference, Checkpoint) else open_checkpoint(reference)
     device = device or default_device()
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise UsageError(f"--device {device}: this torch build sees no CUDA device; pass --device cpu")
-    if device != "cpu" and not device.startswith("cuda"):
-        raise UsageError(f"--device {device!r} is unknown; use cpu or cuda")
     dtype_name = dtype or record["transform"].get("dtype", "float32")
     if dtype_name not in RUNTIME:
-        raise UsageError(f"--dtype {dtype_name!r} is unknown; choose one of {', '.join(RUNTIME)}")
-    if not batches or any(b < 1 for b in batches):
-        raise UsageError(f"--batch {list(batches)} is invalid: pass sizes >= 1, e.g. --batch 1 --batch 8")
-    if context < 1 or steps < 1 or warmup < 0 or prefill_tokens < 1:
-        raise UsageError("--context, --steps and --prefill-tokens must be >= 1 (and warm-up >= 0)")
+        raise UsageError(f"the release's dtype {dtype_name!r} is unknown; pass --dtype {' or '.join(RUNTIME)}")
     say(f"loading the reference and the release ({dtype_name}, {device})")
     ref, rel = _load(release_dir, source, RUNTIME[dtype_name], device)
     vocab = int(ref.config.vocab_size)

@@ -15,9 +15,11 @@ from pathlib import Path
 
 import torch
 
+from packager.devices import check_device
 from packager.errors import UsageError
 from packager.formats.checkpoint import Checkpoint
 from packager.formats.stats import Stats
+from packager.limits import check
 from packager.maths.statistics import LayerStats
 from packager.progress import Progress, reporter
 from packager.stages.text import TokenText, load_text, sample_text
@@ -77,6 +79,14 @@ def _batches(ids: torch.Tensor, size: int) -> Iterator[torch.Tensor]:
         yield ids[start : start + size]
 
 
+def check_calibration_options(*, tokens: int | None = None, seed: int | None = None,
+                              device: str | None = None) -> None:
+    """Raise UsageError for a token count, seed or device out of range (None: not given, not checked)."""
+    check("--calibration-tokens", tokens)
+    check("--calibration-seed", seed)
+    check_device(device, allow_auto=True)
+
+
 @torch.no_grad()
 def calibrate(
     checkpoint: Checkpoint, *, text: str | Path | None = None, tokens: int = DEFAULT_TOKENS,
@@ -101,11 +111,10 @@ def calibrate(
         model: an already loaded source model (float32) to reuse.
 
     Raises:
-        UsageError: the text source is missing, empty, or needs a tokenizer the checkpoint lacks.
+        UsageError: a token count, seed or device out of range (before anything is loaded), or the text
+            source is missing, empty, or needs a tokenizer the checkpoint lacks.
     """
-    if tokens < 32:
-        raise UsageError(
-            f"--calibration-tokens {tokens} is too small; use at least 32 (default {DEFAULT_TOKENS})")
+    check_calibration_options(tokens=tokens, seed=seed, device=device)
     say = reporter(progress)
     tokenizer = checkpoint.load_tokenizer()
     layerwise = model is None and text is not None and _reads_layer_by_layer(checkpoint, device)
@@ -116,7 +125,7 @@ def calibrate(
     else:
         say(f"sampling {tokens} calibration tokens from the model (seed {seed})")
         token_text = sample_text(model, tokenizer, kind="calibration", tokens=tokens, seq_len=seq_len,
-                                 seed=seed, cache_key=f"{_source_digest(checkpoint)}/float32")
+                                 seed=seed, cache_key=f"{_source_digest(checkpoint)}/float32", progress=say)
     return gather(checkpoint, token_text, model=model, device=device, seed=seed, bins=bins,
                   batch_size=batch_size, progress=say)
 

@@ -41,7 +41,7 @@ from packager.maths.transform import (
 )
 from packager.progress import Progress, reporter
 from packager.stages import plan as planning
-from packager.stages.calibrate import DEFAULT_TOKENS
+from packager.stages.calibrate import DEFAULT_TOKENS, check_calibration_options
 from packager.stages.calibrate import calibrate as run_calibration
 from packager.stages.options import ConvertOptions
 from packager.stages.tensors import channel_groups_of, mlp_units, release_spec
@@ -246,6 +246,7 @@ def convert(
     """
     options = options or ConvertOptions()
     options.validate()
+    check_calibration_options(tokens=calibration_tokens, seed=calibration_seed)
     out = Path(out)
     check_output(out, overwrite=overwrite)
     if options.slowdown is not None:

@@ -14,9 +14,11 @@ from pathlib import Path
 
 import torch
 
+from packager.devices import check_device, hardware_name
 from packager.dtypes import RUNTIME
 from packager.errors import CheckFailed, UsageError
 from packager.formats.checkpoint import Checkpoint
+from packager.limits import check
 from packager.progress import Progress, reporter
 from packager.stages.text import TokenText, builtin_prompts, encode_prompt, load_text, sample_text
 
@@ -136,9 +138,23 @@ class EvalReport:
     dtype: str
     device: str
     greedy_prefix: dict = field(default_factory=dict)
+    hardware: str | None = None  # the GPU's name, or the CPU model and core count (as bench records)
 
     def to_json(self) -> dict:
         return asdict(self)
+
+
+def check_eval_options(*, tokens: int | None = None, seed: int | None = None, dtype: str | None = None,
+                       device: str | None = None, min_top1: float | None = None, max_kl: float | None = None
+                       ) -> None:
+    """Raise UsageError for an eval option out of range or a device this machine lacks (None: not given)."""
+    check("--eval-tokens", tokens)
+    check("--seed", seed)
+    check("--min-top1", min_top1)
+    check("--max-kl", max_kl)
+    if dtype is not None and dtype not in RUNTIME:
+        raise UsageError(f"--dtype {dtype!r} is unknown; choose one of {', '.join(RUNTIME)}")
+    check_device(device)
 
 
 def load_release(release_dir: Path, *, dtype: torch.dtype, device: str = "cpu"):
@@ -159,17 +175,19 @@ def evaluate(
     """Measure a release against its source checkpoint.
 
     Raises:
-        UsageError: the folder is not a release, or the text/prompts cannot be read.
+        UsageError: an option out of range or an unknown or absent device (before anything is loaded),
+            the folder is not a release, or the text/prompts cannot be read.
         CheckFailed: a threshold given as `min_top1` / `max_kl` is missed (the report is attached).
     """
     from packager.formats.record import read_record
 
+    check_eval_options(tokens=tokens, seed=seed, dtype=dtype, device=device, min_top1=min_top1, max_kl=max_kl)
     say = reporter(progress)
     record = read_record(release_dir)
     spec = record["transform"]
     dtype_name = dtype or spec.get("dtype", "float32")
     if dtype_name not in RUNTIME:
-        raise UsageError(f"--dtype {dtype_name!r} is unknown; choose one of {', '.join(RUNTIME)}")
+        raise UsageError(f"the release's dtype {dtype_name!r} is unknown; pass --dtype {' or '.join(RUNTIME)}")
     torch_dtype = RUNTIME[dtype_name]
     say(f"loading the reference and the release ({dtype_name}, {device})")
     from transformers import AutoModelForCausalLM
@@ -185,7 +203,8 @@ def evaluate(
         say(f"sampling {tokens} eval tokens from the reference (seed {seed + EVAL_SEED_OFFSET})")
         eval_text = sample_text(ref, tokenizer, kind="eval", tokens=tokens, seq_len=seq_len,
                                 seed=seed + EVAL_SEED_OFFSET,
-                                cache_key=f"{json.dumps(reference.file_digests(), sort_keys=True)}/{dtype_name}")
+                                cache_key=f"{json.dumps(reference.file_digests(), sort_keys=True)}/{dtype_name}",
+                                progress=say)
     calibration = record.get("calibration") or {}
     overlap = calibration.get("text_digest") == eval_text.digest or (
         text is not None and calibration.get("source") == eval_text.source)
@@ -215,7 +234,7 @@ def evaluate(
         noise_floor={"top1_agreement": floor.top1_agreement, "kl_mean": floor.kl_mean,
                      "greedy_match": floor_greedy, "method": "reference with eager attention vs SDPA"},
         text_source=eval_text.source, calibration_overlap=bool(overlap), dtype=dtype_name, device=device,
-        greedy_prefix=prefix,
+        greedy_prefix=prefix, hardware=hardware_name(device),
     )
     misses = threshold_misses(report.to_json(), min_top1=min_top1, max_kl=max_kl)
     if misses:

@@ -8,6 +8,7 @@ tokenizer are calibrated and evaluated on ids alone.
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -16,6 +17,7 @@ import torch
 
 from packager.errors import UsageError
 from packager.formats.files import sha256_text
+from packager.progress import Progress, reporter
 
 PROMPT_SETS = ("calibration", "eval", "greedy")
 
@@ -66,7 +68,7 @@ def fit_length(config, seq_len: int) -> int:
 @torch.no_grad()
 def sample_text(
     model, tokenizer, *, kind: str, tokens: int, seq_len: int, seed: int, batch_size: int = 32,
-    cache_key: str | None = None,
+    cache_key: str | None = None, progress: Progress = None,
 ) -> TokenText:
     """Sample `tokens` tokens of text from the model itself, starting from the `kind` prompt set.
 
@@ -85,7 +87,7 @@ def sample_text(
             saved = json.loads(path.read_text())
             return TokenText(torch.tensor(saved["ids"]), saved["source"], saved["digest"])
     text = _sample_text(model, tokenizer, kind=kind, tokens=tokens, seq_len=seq_len, seed=seed,
-                        batch_size=batch_size)
+                        batch_size=batch_size, progress=progress)
     if path is not None:
         from packager.formats.atomic import write_text_atomic
 
@@ -95,8 +97,8 @@ def sample_text(
     return text
 
 
-def _sample_text(model, tokenizer, *, kind: str, tokens: int, seq_len: int, seed: int, batch_size: int
-                 ) -> TokenText:
+def _sample_text(model, tokenizer, *, kind: str, tokens: int, seq_len: int, seed: int, batch_size: int,
+                 progress: Progress = None) -> TokenText:
     seq_len = fit_length(model.config, seq_len)
     sequences = max(1, -(-tokens // seq_len))
     generator = torch.Generator().manual_seed(seed)
@@ -111,6 +113,8 @@ def _sample_text(model, tokenizer, *, kind: str, tokens: int, seq_len: int, seed
         for _ in range(sequences):
             prompts.append(torch.randint(0, vocab, (8,), generator=generator).tolist())
     rows = []
+    ticker = _Ticker(progress, steps=sum(max(1, seq_len - min(len(p) for p in prompts[s : s + batch_size]))
+                                         for s in range(0, sequences, batch_size)))
     for start in range(0, sequences, batch_size):
         batch = prompts[start : start + batch_size]
         torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=generator)))
@@ -121,12 +125,34 @@ def _sample_text(model, tokenizer, *, kind: str, tokens: int, seq_len: int, seed
         new = max(1, seq_len - min(len(p) for p in batch))
         out = model.generate(
             input_ids=input_ids, attention_mask=attention, do_sample=True, temperature=1.0, top_p=0.95,
-            top_k=0, max_new_tokens=new, min_new_tokens=new, pad_token_id=pad,
+            top_k=0, max_new_tokens=new, min_new_tokens=new, pad_token_id=pad, stopping_criteria=[ticker],
         )
         for prompt, row in zip(batch, out[:, width:].cpu(), strict=True):
             rows.append(torch.tensor(prompt + row.tolist())[:seq_len])
     ids = torch.stack(rows)
     return TokenText(ids, f"self-sampled:{kind}:seed={seed}", _digest_ids(ids))
+
+
+class _Ticker:
+    """A stopping criterion that never stops: it reports the sampling's progress and an estimate of the time
+    left every `every` seconds (self-sampling is the longest silent step of a calibration or an eval)."""
+
+    def __init__(self, progress: Progress, *, steps: int, every: float = 15.0) -> None:
+        self.say, self.steps, self.every = reporter(progress), steps, every
+        self.done, self.started, self.last = 0, time.monotonic(), time.monotonic()
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **_: object) -> torch.Tensor:
+        self.done += 1
+        now = time.monotonic()
+        if now - self.last >= self.every:
+            self.last = now
+            left = (now - self.started) / self.done * max(0, self.steps - self.done)
+            self.say(f"  sampled {self.done}/{self.steps} decode steps, about {_duration(left)} left")
+        return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.0f} min"
 
 
 def _read_texts(path: Path) -> list[str]:

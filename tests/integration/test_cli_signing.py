@@ -255,15 +255,30 @@ def test_verify_a_release_pushed_to_the_hub_double(hub_double, signed, keys, tmp
 # ------------------------------------------------------------------------------------------------ card
 
 
-def test_card_command_on_a_signed_release_removes_the_signature(release_copy):
+def test_card_command_keeps_the_signature_of_an_unchanged_card(release_copy, keys):
+    signature = (release_copy / "model.sig").read_bytes()
+    for _ in range(2):
+        result = run("card", str(release_copy), "--json")
+        assert result.exit_code == 0, result.output
+        assert json_line(result) == {"command": "card", "ok": True, "readme": str(release_copy / "README.md"),
+                                     "changed": False, "signature_removed": False}
+        assert "up to date" in result.stderr and "model.sig kept" in result.stderr
+    assert (release_copy / "model.sig").read_bytes() == signature
+    assert run("verify", str(release_copy), "--key", str(keys.public_key)).exit_code == 0
+
+
+def test_card_command_removes_the_signature_when_the_card_changes(release_copy):
+    record = json.loads((release_copy / "unswift.json").read_text())
+    record["eval"]["kl_mean"] = 0.04411
+    (release_copy / "unswift.json").write_text(json.dumps(record))
     result = run("card", str(release_copy), "--json", "--quiet")
     assert result.exit_code == 0, result.output
     assert json_line(result) == {"command": "card", "ok": True, "readme": str(release_copy / "README.md"),
-                                 "signature_removed": True}
+                                 "changed": True, "signature_removed": True}
     assert not (release_copy / "model.sig").exists()
     assert "unswift sign" in result.stderr  # said even with --quiet
     again = run("card", str(release_copy), "--json")
-    assert json_line(again)["signature_removed"] is False
+    assert json_line(again)["signature_removed"] is False and json_line(again)["changed"] is False
 
 
 def test_card_command_on_a_folder_without_record(tmp_path):

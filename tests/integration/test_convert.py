@@ -144,9 +144,9 @@ def _convert(*args):
     [
         (["{missing}", "--coverage", "1.0"], "not found"),
         (["{empty}", "--coverage", "1.0"], "no config.json"),
-        (["{src}", "--order", "0", "--coverage", "1.0"], "order >= 1"),
-        (["{src}", "--coverage", "1.5"], "outside (0, 1]"),
-        (["{src}", "--coverage", "0"], "outside (0, 1]"),
+        (["{src}", "--order", "0", "--coverage", "1.0"], "--order 0 is out of range"),
+        (["{src}", "--coverage", "1.5"], "in (0, 1]"),
+        (["{src}", "--coverage", "0"], "in (0, 1]"),
         (["{src}", "--coverage", "1.0", "--calibration", "{empty_text}"], "is empty"),
         (["{src}", "--coverage", "1.0", "--stats", "{missing}"], "not found"),
     ],

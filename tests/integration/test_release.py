@@ -117,3 +117,56 @@ def test_eval_cli_reports_contract_fields_and_thresholds(tiny_llama, tiny_releas
     strict = CliRunner().invoke(cli, [*args, "--max-kl", "0"])
     assert strict.exit_code == 1
     assert json.loads(strict.stdout.strip().splitlines()[-1])["ok"] is False
+
+
+def test_a_local_release_names_its_repo_and_tag_and_card_keeps_its_signature(tiny_llama, tmp_path, publisher_key):
+    """`release --no-push --repo org/name --tag v1`: the card's snippets name the repo and tag, every measured
+    figure names its hardware, the recipe is a summary table; `card` twice keeps model.sig and verify passes."""
+    from packager.devices import hardware_name
+
+    out = tmp_path / "rel"
+    args = ["release", str(tiny_llama), "--no-push", "--repo", "org/name", "--tag", "v1", "--key",
+            str(publisher_key.private_key), "--out", str(out), "--order", "4", "--coverage", "1.0",
+            "--eval-tokens", "256", "--calibration-tokens", "512", "--no-audit", "--json"]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout.strip().splitlines()[-1])["stages"]["push"] == "skipped (--no-push)"
+    assert json.loads((out / "unswift.json").read_text())["hub"] == {"repo": "org/name", "tag": "v1"}
+    readme = (out / "README.md").read_text()
+    assert "ORG/NAME" not in readme and '"TAG"' not in readme and "--revision TAG" not in readme
+    assert 'repo, revision = "org/name", "v1"' in readme and "unswift verify org/name --revision v1" in readme
+    hardware = hardware_name("cpu")
+    fidelity = readme.split("## Fidelity, as measured\n", 1)[1].split("\n## ", 1)[0]
+    slowdown = readme.split("## Slowdown, as measured\n", 1)[1].split("\n## ", 1)[0]
+    assert f"Measured on {hardware}, cpu, float32" in fidelity and "| top-1 agreement" in fidelity
+    assert f"Measured on {hardware}, cpu, float32" in slowdown and "| 1 |" in slowdown and "| 8 |" in slowdown
+    assert "- Order: 4, " in readme  # the allocation sentence
+    assert "```yaml" not in readme and "model.layers." not in readme
+    recipe = readme.split("## How it was made\n", 1)[1].split("\n## ", 1)[0]
+    assert len([line for line in recipe.splitlines() if line.startswith("|")]) <= 14
+
+    signature = (out / "model.sig").read_bytes()
+    for _ in range(2):
+        again = CliRunner().invoke(cli, ["card", str(out), "--json"])
+        assert again.exit_code == 0, again.output
+        assert json.loads(again.stdout.strip().splitlines()[-1])["signature_removed"] is False
+    assert (out / "model.sig").read_bytes() == signature and (out / "README.md").read_text() == readme
+    verified = CliRunner().invoke(cli, ["verify", str(out), "--key", str(publisher_key.public_key)])
+    assert verified.exit_code == 0, verified.output
+
+
+def test_quick_budget_sizes_every_measurement_and_the_card_names_it(tiny_llama, tmp_path):
+    out = tmp_path / "quick"
+    report = release(tiny_llama, out=out, options=ConvertOptions(order=4, coverage=1.0),
+                     publish=PublishOptions(repo="org/tiny", tag="v1", push=False), secret_file=None,
+                     budget="quick", eval_tokens=512, audit=False)
+    record = json.loads((out / "unswift.json").read_text())
+    assert record["budget"]["name"] == "quick" and record["budget"]["bench_steps"] == 8
+    assert record["calibration"]["tokens"] <= 4096  # the budget's, not the full 16,384
+    assert record["eval"]["eval_tokens"] <= 512  # given explicitly: wins over the budget's 2,048
+    assert {entry["steps"] for entry in record["bench"]} == {8}
+    assert set(report.fields["stage_seconds"]) == set(report.stages)
+    assert "- Budget: quick (4,096 calibration tokens" in (out / "README.md").read_text()
+    with pytest.raises(UsageError, match="other inputs"):  # a quick folder never passes for a full one
+        release(tiny_llama, out=out, options=ConvertOptions(order=4, coverage=1.0),
+                publish=PublishOptions(repo="org/tiny", tag="v1", push=False), secret_file=None, audit=False)

@@ -83,3 +83,18 @@ def build_tiny(family: str, out: Path, *, seed: int = 0, gate_scale: float = 6.0
                 param.copy_(_normal(param, 0.5))  # biased pre-activations: the series is about g + b
     model.save_pretrained(out, save_original_format=original_format)
     return out
+
+
+def add_tokenizer(folder: Path, vocab_size: int = BASE["vocab_size"]) -> Path:
+    """Give a tiny checkpoint a real (word-level) fast tokenizer with a chat template, so that what a user
+    runs on a release, tokenizer included, can run on a tiny one."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    words = ["<pad>", "<s>", "</s>", "<unk>"] + [f"w{i}" for i in range(vocab_size - 4)]
+    backend = Tokenizer(models.WordLevel({word: i for i, word in enumerate(words)}, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer = transformers.PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", bos_token="<s>",
+                                                     eos_token="</s>", unk_token="<unk>")
+    tokenizer.chat_template = "{% for m in messages %}{{ m['content'] }} {% endfor %}"
+    tokenizer.save_pretrained(folder)
+    return folder

@@ -169,7 +169,7 @@ def load_public_key(key: str | os.PathLike[str]) -> ec.EllipticCurvePublicKey:
     path = Path(key)
     source = f"public key '{path}'"
     if not path.is_file():
-        raise UsageError(f"{source} not found", hint="pass the publisher's public key, e.g. publisher.pub")
+        raise UsageError(f"{source} not found", hint="pass the publisher's public key, e.g. publisher.pem.pub")
     data = path.read_bytes()
     if PRIVATE_PEM_MARK in data:
         raise UsageError(

@@ -24,9 +24,11 @@ from pathlib import Path
 
 import torch
 
+from packager.devices import hardware_name
 from packager.errors import CheckFailed, UsageError
 from packager.formats.release import ReleaseFiles
 from packager.formats.secret import ENV, read_secret
+from packager.limits import check
 from packager.maths.series.activations import Activation, get_activation
 from packager.progress import Progress, reporter
 from packager.stages.audit.attacks import ATTACK_NAMES, RecoveredMLP, ReleasedMLP, by_group, merge_extras
@@ -76,7 +78,8 @@ def audit(
         The report (also attached to `CheckFailed.details` when the threshold is missed).
 
     Raises:
-        UsageError: not a release, unknown attack, secret mismatch, or `max_recovered` without reference.
+        UsageError: an option out of range (before anything is loaded), not a release, unknown attack,
+            a learning unit the release does not have, secret mismatch, or `max_recovered` without reference.
         CheckFailed: an attack recovered more than `max_recovered`.
     """
     from packager.formats.checkpoint import Checkpoint, open_checkpoint
@@ -91,10 +94,15 @@ def audit(
     if max_recovered is not None and reference is None:
         raise UsageError("--max-recovered needs --reference: recovered fractions are measured against the "
                          "source checkpoint")
-    if max_recovered is not None and not 0.0 <= max_recovered <= 1.0:
-        raise UsageError(f"--max-recovered {max_recovered} is outside [0, 1]")
+    check("--max-recovered", max_recovered)
     budget = learning or LearningBudget()
+    budget.validate()
     release = ReleaseFiles(Path(release_dir))
+    if budget.layers is not None:
+        outside = [unit for unit in budget.layers if unit >= len(release.units)]
+        if outside:
+            raise UsageError(f"--learning-units {outside[0]} is out of range: this release has "
+                             f"{len(release.units)} MLP units, numbered 0 to {len(release.units) - 1}")
     notes: list[str] = []
     secret_note = _check_secret(release, secret_file)
     if secret_note:
@@ -152,7 +160,7 @@ def audit(
     report = AuditReport(protected_param_fraction=fraction, attacks=results, leaks=leaks,
                          reference=(checkpoint.name if checkpoint is not None else None),
                          heldout_tokens=int(ids.numel()), release_top1=release_top1,
-                         notes=notes + [f"held-out text: {text_source}"])
+                         notes=notes + [f"held-out text: {text_source}"], hardware=hardware_name("cpu"))
     worst = report.max_recovered()
     if max_recovered is not None and worst is not None and worst > max_recovered:
         scored = [a for a in results if a.recovered_fraction is not None]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
+from packager.limits import check, check_each
 from packager.stages.audit.scoring import TOLERANCE
 
 
@@ -20,6 +21,12 @@ class LearningBudget:
     layers: tuple[int, ...] | None = None  # MLP units attacked; None: the middle one
     lr: float = 3e-3
     seed: int = 0
+
+    def validate(self) -> None:
+        """Raise UsageError for a budget out of range (`--learning-steps`, `--attacker-tokens`, units)."""
+        check("--learning-steps", self.steps)
+        check("--attacker-tokens", self.tokens)
+        check_each("--learning-units", self.layers)
 
 
 @dataclass(frozen=True)
@@ -55,6 +62,7 @@ class AuditReport:
     release_top1: float | None = None  # the release itself against the source, on the same tokens
     tolerance: float = TOLERANCE
     notes: list[str] = field(default_factory=list)
+    hardware: str | None = None  # what the attacks' `seconds` were measured on (the CPU model and cores)
 
     def to_json(self) -> dict:
         return {
@@ -66,6 +74,7 @@ class AuditReport:
             "release_top1": self.release_top1,
             "tolerance": self.tolerance,
             "notes": self.notes,
+            "hardware": self.hardware,
         }
 
     def max_recovered(self) -> float | None:

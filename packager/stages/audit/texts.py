@@ -69,7 +69,10 @@ def _tokenizer(release: ReleaseFiles):
         return None
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(release.path, trust_remote_code=False)
+    # The release's config names its own model type (`unswift_<family>`), defined by the release's code: without
+    # trust_remote_code transformers warns that it instantiates an empty model type. The audit runs that code
+    # anyway (it loads the release through its own loader), and the tokenizer itself is the source's.
+    return AutoTokenizer.from_pretrained(release.path, trust_remote_code=True)
 
 
 @torch.no_grad()

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from packager.devices import hardware_name
 from packager.errors import UsageError
 from packager.formats.checkpoint import Checkpoint
 from packager.formats.stats import Stats
@@ -34,7 +35,7 @@ from packager.maths.series.fit import CHEBYSHEV_FIT_LIMIT
 from packager.maths.sizing import ReleaseSizer
 from packager.maths.transform import LayerPlan, select_channels
 from packager.progress import Progress, reporter
-from packager.stages.bench import DEFAULT_CONTEXT, clock_for, hardware_name
+from packager.stages.bench import DEFAULT_CONTEXT, clock_for
 from packager.stages.evaluate import reference_logits
 from packager.stages.options import MAX_ORDER
 from packager.stages.plan.fits import plan_layers
