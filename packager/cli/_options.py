@@ -141,11 +141,11 @@ def build_convert_options(order: int, coverage: str, fit: str, min_top1: float |
     return options
 
 
-def report_plan(report, source, options) -> None:
+def report_plan(report, source, options, stats=None) -> None:
     """Print (and put in the JSON report) what converting `source` with `options` would produce."""
     from packager import api
 
-    planned = api.plan(source, options)
+    planned = api.plan(source, options, stats=stats)
     report.update(planned)
     memory = planned["memory"][planned["dtype"]]
     coverage = planned["coverage"]
@@ -155,5 +155,10 @@ def report_plan(report, source, options) -> None:
                f"{memory['total_bytes'] / 1e9:.2f} GB to run at {memory['context']} tokens, predicted "
                f"decode slowdown {planned['predicted_decode_slowdown']:.2f}x")
     if planned.get("slowdown"):
-        report.say("  (bytes model only: convert times candidates on this machine and picks the one that measures "
-                   "the slowdown asked, often a larger release than this; see `candidates` in --json)")
+        ceiling = planned["slowdown"].get("padding_ceiling")
+        if ceiling is None:
+            report.say("  (bytes model only: the largest slowdown without padding needs --stats; convert measures "
+                       "the slowdown after truncation on this machine)")
+        else:
+            report.say(f"  (the richest release without padding reads {ceiling:.2f}x the source's bytes per token; "
+                       "convert measures the slowdown after truncation, which is lower, and ships what it keeps)")

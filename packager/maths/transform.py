@@ -81,6 +81,9 @@ class LayerPlan:
     out_weight: torch.Tensor | None = None
     out_energy: float | None = None
     out_energy_source: str = "calibration"
+    #: Per-channel orders wanted (-1: plaintext) instead of `fit`'s order on every expanded channel
+    #: (`--slowdown` ships the orders its truncation search keeps); still capped by the criterion.
+    orders: torch.Tensor | None = None
     #: E_hist[B_n(t)²] of `fit`, `base`, `boost`, computed once (see `release_orders`).
     moments: dict = field(default_factory=dict, compare=False, repr=False)
 
@@ -140,7 +143,7 @@ def release_fits(plan: LayerPlan, expanded: torch.Tensor, boosted: torch.Tensor 
     """
     if boosted is None:
         order = plan.fit.coefficients.shape[-1] - 1
-        wanted = torch.where(expanded, order, -1)
+        wanted = torch.where(expanded, order if plan.orders is None else plan.orders, -1)
         return plan.fit, wanted, _moments(plan, "fit") if plan.histogram is not None else None
     base, boost = plan.base, plan.boost
     width = boost.coefficients.shape[-1]

@@ -220,27 +220,29 @@ class _Bench:
 def _run_truncation(release: ReleaseFiles, bench: _Bench, *, progress: Progress) -> AttackResult:
     """The truncation attack (`packager.stages.audit.truncation`) and its figures on held-out text."""
     from packager.stages.audit import truncation
-    from packager.stages.audit.texts import attacker_ids
+    from packager.stages.audit.texts import attacker_text
     from packager.stages.bench import DEFAULT_CONTEXT
     from packager.stages.evaluate import compare_to_logits, reference_logits
 
     model = bench.model
-    ids, _ = attacker_ids(release, model, bench.budget.tokens)
+    ids = attacker_text(release, model, bench.budget.tokens)
     release_logits = reference_logits(model, bench.ids, batch_size=1)
 
     def check() -> tuple[bool, dict]:
         to_target = compare_to_logits(bench.target, model, bench.ids, batch_size=1)
         to_release = compare_to_logits(release_logits, model, bench.ids, batch_size=1)
-        floor = (bench.release_top1 if bench.release_top1 is not None else 1.0) - truncation.TOP1_DROP
+        # 0.001 of a few hundred held-out tokens is less than one token: one token of slack is the resolution
+        slack = max(truncation.TOP1_DROP, 1.0 / max(bench.ids[:, 1:].numel(), 1))
+        floor = (bench.release_top1 if bench.release_top1 is not None else 1.0) - slack
         ok = to_target.top1_agreement >= floor and to_release.kl_mean <= truncation.KL_BOUND
         return ok, {"heldout_top1": to_target.top1_agreement, "heldout_kl_vs_release": to_release.kl_mean}
 
-    released = [released_mlp(release, i) for i in range(len(bench.units))]
     source = None
     if bench.checkpoint is not None:
         source = bench.checkpoint.load_model(next(model.parameters()).dtype)
     start = time.perf_counter()
-    figures = truncation.run(model, bench.units, released, release.spec, ids, check=check, rebuilt=bench.rebuilt,
+    figures = truncation.run(model, bench.units, lambda i: released_mlp(release, i), release.spec, ids, check=check,
+                             rebuilt=bench.rebuilt,
                              activation=bench.activation, source=source, context=DEFAULT_CONTEXT,
                              progress=progress)
     seconds = time.perf_counter() - start
@@ -254,7 +256,7 @@ def _run_truncation(release: ReleaseFiles, bench: _Bench, *, progress: Progress)
     figures["heldout_top1"] = top1
     figures["release_heldout_top1"] = bench.release_top1
     return AttackResult(name="truncation", recovered_fraction=None, relative_error=None, seconds=round(seconds, 3),
-                        rebuilt_top1=top1, rebuilt_compared_with=bench.compared_with, units_attacked=len(released),
+                        rebuilt_top1=top1, rebuilt_compared_with=bench.compared_with, units_attacked=len(bench.units),
                         extra=figures)
 
 

@@ -4,7 +4,9 @@
 release exists. This scan checks a release folder alone: the release runs on calibration-like text
 (sampled from the release itself with the calibration prompt set, as calibration samples from the
 source), each unit's inputs are recorded, the runtime's own `features` give φ for every column, and
-every column's E||δ_c||² = |Θ[:, c]|² E[φ_c²] and the unit's E||y||² are exact (float64).
+every column's E||δ_c||² = |Θ[:, c]|² E[φ_c²] and the unit's E||y||² are exact (float64). Padding is a
+zero column or a trailing one under the threshold; inner columns under it are counted apart
+(`packager.maths.padding` says why).
 """
 
 from __future__ import annotations
@@ -28,8 +30,9 @@ class UnitScan:
     unit: str
     columns: int
     zero: list[int] = field(default_factory=list)
-    below: list[int] = field(default_factory=list)
-    #: smallest E||δ_c||² / threshold over the unit's series columns, and over its plaintext columns
+    below: list[int] = field(default_factory=list)  # trailing columns under the threshold: padding
+    inner: list[int] = field(default_factory=list)  # non-trailing columns under it: reported, not padding
+    #: smallest E||δ_c||² / threshold over the channels' highest terms, and over the plaintext columns
     min_ratio_series: float | None = None
     min_ratio_plain: float | None = None
 
@@ -39,7 +42,8 @@ class UnitScan:
 
     def to_json(self) -> dict:
         return {"unit": self.unit, "columns": self.columns, "padding": self.padding, "zero": len(self.zero),
-                "below_rounding": len(self.below), "min_ratio_series": self.min_ratio_series,
+                "below_rounding": len(self.below), "inner_below": len(self.inner),
+                "min_ratio_series": self.min_ratio_series,
                 "min_ratio_plain": self.min_ratio_plain}
 
 
@@ -59,12 +63,18 @@ def scan_unit(module, name: str, x: torch.Tensor) -> UnitScan:
     tokens = x.shape[0]
     energies = padding.column_energies(theta, square, tokens)
     out_energy = out / max(tokens, 1)
-    zero, below = padding.padding_columns(theta, energies, out_energy)
+    zero, below, inner = padding.padding_columns(theta, energies, out_energy, module.groups)
     ratio = energies / max(padding.threshold(out_energy, theta.shape[1]), 1e-300)
     series = sum(count * (order + 1) for count, order in module.groups)
+    last = torch.zeros(theta.shape[1], dtype=torch.bool)  # each channel's highest term (what a cut removes first)
+    start = 0
+    for count, order in module.groups:
+        last[start + order:start + count * (order + 1):order + 1] = True
+        start += count * (order + 1)
+    last[series:] = True
     return UnitScan(name, theta.shape[1], torch.nonzero(zero).flatten().tolist(),
-                    torch.nonzero(below).flatten().tolist(),
-                    float(ratio[:series].min()) if series else None,
+                    torch.nonzero(below).flatten().tolist(), torch.nonzero(inner).flatten().tolist(),
+                    float(ratio[last & (torch.arange(theta.shape[1]) < series)].min()) if series else None,
                     float(ratio[series:].min()) if theta.shape[1] > series else None)
 
 

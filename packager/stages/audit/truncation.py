@@ -11,7 +11,8 @@ release's fidelity by 0.001 on the same text. The KL bound, 1e-3 nats per token,
 running the demo source in bfloat16 instead of float32 does (1.2e-3, top-1 0.968, measured), a change
 users accept routinely; on the demo model it never binds (top-1 binds first). The audit, which may have
 the source, then checks the chosen truncation on its held-out text: top-1 against the source within
-TOP1_DROP of the release's own and KL against the release within KL_BOUND; while that fails, λ backs off.
+TOP1_DROP of the release's own (at least one token: 0.001 of a few hundred tokens is below one) and KL
+against the release within KL_BOUND; while that fails, λ backs off.
 
 The search (`packager.stages.audit.attacks.truncation` has the arithmetic): the release's units are
 replaced by `FastUnit`s (the rank-1 factors evaluated by Clenshaw, float32); one pass over the
@@ -24,6 +25,7 @@ rebuild: a plain model of the source's shapes), the release, the truncated relea
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 import types
@@ -152,61 +154,86 @@ def _agreement(reference: list[torch.Tensor], other: list[torch.Tensor]) -> tupl
     return same / max(total, 1), max(kl / max(total, 1), 0.0)
 
 
-@torch.no_grad()
-def search(model, units: list[str], released: list[ReleasedMLP], ids: torch.Tensor, *, dtype: str,
-           check=None, progress: Progress = None) -> tuple[Truncation, list[arithmetic.Factors]]:
-    """Search the truncation on the attacker's text `ids` [S, L] (module docstring); `model` is restored.
+class Attacker:
+    """The attacker's evaluator on one model: `FastUnit`s of the units, its text, reference and tail energies.
 
-    `check()` (optional) is the audit's test of the truncation currently set in `model` on its held-out
-    text: returns (ok, figures).
+    Built once (one recording pass over `ids`, tail energies per channel); `choose(λ)` gives the kept
+    orders, `agreement(keeps)` measures them (the model's own units are put back after each pass).
     """
-    say = reporter(progress)
-    factors = [arithmetic.factor(mlp) for mlp in released]
-    fast = [FastUnit(mlp, f) for mlp, f in zip(released, factors, strict=True)]
-    originals = swap(model, units, fast)
-    try:
-        for unit in fast:
+
+    @torch.no_grad()
+    def __init__(self, model, units: list[str], released: list[ReleasedMLP], ids: torch.Tensor, *, dtype: str,
+                 factors: list[arithmetic.Factors]) -> None:
+        self.model, self.units, self.released, self.ids = model, units, released, ids
+        self.factors = factors
+        self.fast = [FastUnit(mlp, f) for mlp, f in zip(released, self.factors, strict=True)]
+        self.rows = 2 if released[0].gated else 1
+        self.group_cost = GROUP_COST.get(dtype, GROUP_COST["float32"])
+        for unit in self.fast:
             unit.record = True
-        reference = _logprobs(model, ids)
-        tails, plains, scales = [], [], []
-        for unit, mlp, f in zip(fast, released, factors, strict=True):
+        originals = swap(model, units, self.fast)
+        try:
+            self.reference = _logprobs(model, ids)
+        finally:
+            swap(model, units, originals)
+        self.tails, self.plains, self.scales = [], [], []
+        for unit, mlp, f in zip(self.fast, released, self.factors, strict=True):
             unit.record = False
             x = torch.cat(unit.inputs)
             # the median token's ||y||²: a few tokens with massive activations (attention sinks) make the
             # mean tens to thousands of times the typical token's in some units of real models
-            scales.append(float(torch.cat(unit.energies).median()))
+            self.scales.append(float(torch.cat(unit.energies).median()))
             unit.inputs, unit.energies = [], []
-            tails.append(arithmetic.tail_energies(mlp, f, x))
-            plains.append(arithmetic.plain_energies(mlp, f, x))
-        rows = 2 if released[0].gated else 1
-        group_cost = GROUP_COST.get(dtype, GROUP_COST["float32"])
+            self.tails.append(arithmetic.tail_energies(mlp, f, x))
+            self.plains.append(arithmetic.plain_energies(mlp, f, x))
 
-        def choose(lam: float):
-            keeps, plain_keeps = [], []
-            for t, p, scale, f in zip(tails, plains, scales, factors, strict=True):
-                orders = f.orders
-                k = arithmetic.select(t, orders, scale, lam, rows) if t.numel() else orders.clone()
-                keeps.append(arithmetic.group_up(k, orders, groups=GROUPS, group_cost=group_cost))
-                plain_keeps.append(p / (lam * scale) > 1.0 + rows)  # drop a plaintext channel when it costs less
-            return keeps, plain_keeps
+    def choose(self, lam: float) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Kept orders (rounded up into groups) and kept plaintext channels of every unit at multiplier λ."""
+        keeps, plain_keeps = [], []
+        for t, p, scale, f in zip(self.tails, self.plains, self.scales, self.factors, strict=True):
+            orders = f.orders
+            k = arithmetic.select(t, orders, scale, lam, self.rows) if t.numel() else orders.clone()
+            keeps.append(arithmetic.group_up(k, orders, groups=GROUPS, group_cost=self.group_cost))
+            plain_keeps.append(p / (lam * scale) > 1.0 + self.rows)  # drop a plaintext channel when it costs less
+        return keeps, plain_keeps
 
-        def apply(keeps, plain_keeps) -> None:
-            for unit, k, pk in zip(fast, keeps, plain_keeps, strict=True):
+    def kept(self, keeps, plain_keeps) -> float:
+        """Share of the Θ columns kept."""
+        counts = [arithmetic.kept_columns(f, k, p) for f, k, p in zip(self.factors, keeps, plain_keeps, strict=True)]
+        return sum(c for c, _ in counts) / max(sum(t for _, t in counts), 1)
+
+    def installed(self, keeps, plain_keeps):
+        """A context in which the model runs the truncation (its own units put back on exit)."""
+        import contextlib
+
+        @contextlib.contextmanager
+        def context():
+            for unit, k, pk in zip(self.fast, keeps, plain_keeps, strict=True):
                 unit.set_keep(k, pk)
+            originals = swap(self.model, self.units, self.fast)
+            try:
+                yield
+            finally:
+                swap(self.model, self.units, originals)
+        return context()
 
-        def kept(keeps, plain_keeps) -> float:
-            counts = [arithmetic.kept_columns(f, k, p) for f, k, p in zip(factors, keeps, plain_keeps, strict=True)]
-            return sum(c for c, _ in counts) / max(sum(t for _, t in counts), 1)
+    @torch.no_grad()
+    def agreement(self, keeps, plain_keeps) -> tuple[float, float]:
+        """(self top-1, mean KL(release || truncated)) on the attacker's text."""
+        with self.installed(keeps, plain_keeps):
+            return _agreement(self.reference, _logprobs(self.model, self.ids))
 
+    def search(self, *, check=None, progress: Progress = None) -> Truncation:
+        """Bisection on log λ for the largest λ meeting both bounds, then the held-out `check` (module doc)."""
+        say = reporter(progress)
         trials, best = [], None
         lo, hi = LOG_LAMBDA
         for _ in range(BISECTION_STEPS):
             mid = (lo + hi) / 2
-            keeps, plain_keeps = choose(math.exp(mid))
-            apply(keeps, plain_keeps)
-            top1, kl = _agreement(reference, _logprobs(model, ids))
+            keeps, plain_keeps = self.choose(math.exp(mid))
+            top1, kl = self.agreement(keeps, plain_keeps)
             trial = {"log_lambda": mid, "self_top1": top1, "self_kl": kl,
-                     "kept_fraction": kept(keeps, plain_keeps)}
+                     "kept_fraction": self.kept(keeps, plain_keeps)}
             trials.append(trial)
             say(f"  truncation λ = e^{mid:.2f}: self top-1 {top1:.4f}, KL {kl:.2e}, Θ kept "
                 f"{trial['kept_fraction']:.3f}")
@@ -217,21 +244,19 @@ def search(model, units: list[str], released: list[ReleasedMLP], ids: torch.Tens
         if best is None:  # nothing passes even at the smallest λ: the attacker keeps (almost) everything
             best = {"log_lambda": LOG_LAMBDA[0], "self_top1": 1.0, "self_kl": 0.0}
         lam = math.exp(best["log_lambda"])
-        keeps, plain_keeps = choose(lam)
+        keeps, plain_keeps = self.choose(lam)
         if check is not None:
             for _ in range(MAX_BACKOFFS + 1):
-                apply(keeps, plain_keeps)
-                ok, figures = check()
+                with self.installed(keeps, plain_keeps):
+                    ok, figures = check()
                 trials.append({"log_lambda": math.log(lam), "audit_check": ok, **figures,
-                               "kept_fraction": kept(keeps, plain_keeps)})
+                               "kept_fraction": self.kept(keeps, plain_keeps)})
                 say(f"  held-out check at λ = e^{math.log(lam):.2f}: {'pass' if ok else 'fail'}")
                 if ok:
                     break
                 lam *= math.exp(-BACKOFF)
-                keeps, plain_keeps = choose(lam)
-        return Truncation(keeps, plain_keeps, lam, best["self_top1"], best["self_kl"], trials), factors
-    finally:
-        swap(model, units, originals)
+                keeps, plain_keeps = self.choose(lam)
+        return Truncation(keeps, plain_keeps, lam, best["self_top1"], best["self_kl"], trials)
 
 
 def truncated_modules(model, released: list[ReleasedMLP], spec: dict, truncation: Truncation) -> tuple[
@@ -243,19 +268,20 @@ def truncated_modules(model, released: list[ReleasedMLP], spec: dict, truncation
     modules, kept, shipped = [], 0, 0
     layers = []
     tensors = []
+    size = parameter.element_size()
     for mlp, k, pk in zip(released, truncation.keep, truncation.plain_keep, strict=True):
         out, entry = arithmetic.truncate(mlp, k, pk)
-        tensors.append(out)
+        tensors.append({name: tensor.to(parameter.dtype) for name, tensor in out.items()})
         layers.append(entry)
-        size = parameter.element_size()
         kept += out["theta"].numel() * size
         shipped += mlp.theta.numel() * size
+        del out
     new_spec = {**spec, "layers": layers,
                 "order": max([g["order"] for e in layers for g in e["groups"]] or [0])}
     config = types.SimpleNamespace(unswift=new_spec, hidden_size=int(released[0].theta.shape[0]))
     for index, out in enumerate(tensors):
         module = TaylorMLP(config, index)
-        state = module_state({name: tensor.to(parameter.dtype) for name, tensor in out.items()})
+        state = module_state(out)
         module.load_state_dict(state, strict=True, assign=True)
         modules.append(module.to(parameter.device).eval())
     return modules, kept, shipped
@@ -325,16 +351,29 @@ def time_slowdowns(model, units: list[str], contenders: dict[str, list[nn.Module
             "threads": torch.get_num_threads() if device == "cpu" else 0}
 
 
-def run(model, units: list[str], released: list[ReleasedMLP], spec: dict, ids: torch.Tensor, *, check=None,
+def light(mlp: ReleasedMLP) -> tuple[ReleasedMLP, arithmetic.Factors]:
+    """The unit's factors, and the unit without Θ (the attacker's evaluator needs only in_proj and factors)."""
+    factors = arithmetic.factor(mlp)
+    return dataclasses.replace(mlp, theta=mlp.theta[:, :0]), factors
+
+
+def run(model, units: list[str], load, spec: dict, ids: torch.Tensor, *, check=None,
         rebuilt: dict[int, RecoveredMLP] | None = None, activation=None, source=None, context: int,
         progress: Progress = None) -> dict:
-    """The attack end to end: search, build the truncated units, time them; the audit's JSON fields."""
+    """The attack end to end: search, build the truncated units, time them; the audit's JSON fields.
+
+    `load(i)` gives unit i as released (read when needed, so only one unit's Θ is in float64 at a time).
+    """
     say = reporter(progress)
     start = time.perf_counter()
     dtype = spec.get("dtype", "float32")
-    truncation, factors = search(model, units, released, ids, dtype=dtype, check=check, progress=progress)
+    parts = [light(load(i)) for i in range(len(units))]
+    released, factors = [p[0] for p in parts], [p[1] for p in parts]
+    attacker = Attacker(model, units, released, ids, dtype=dtype, factors=factors)
+    truncation = attacker.search(check=check, progress=progress)
+    del attacker
     seconds = time.perf_counter() - start
-    modules, kept, shipped = truncated_modules(model, released, spec, truncation)
+    modules, kept, shipped = truncated_modules(model, [load(i) for i in range(len(units))], spec, truncation)
     rebuild_modules = None
     if rebuilt is not None and len(rebuilt) == len(units):
         parameter = next(model.parameters())

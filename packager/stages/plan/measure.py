@@ -56,17 +56,20 @@ def release_fits(plans: list[LayerPlan], masks: list[torch.Tensor], order: int) 
 # -- timing ---------------------------------------------------------------------------------------
 
 
-def _timing_modules(model, checkpoint: Checkpoint, sizer: ReleaseSizer, order: int, expanded: list[int]
-                    ) -> list[nn.Module]:
-    """Runtime TaylorMLPs with the release's shapes and harmless constant values (time is all that counts)."""
+def _timing_modules(model, checkpoint: Checkpoint, sizer: ReleaseSizer, order: int, expanded: list[int] | None,
+                    layers: list[dict] | None = None) -> list[nn.Module]:
+    """Runtime TaylorMLPs with the release's shapes and harmless constant values (time is all that counts).
+
+    Shapes: `expanded` channels per unit at one `order`, or `layers` (config "layers" entries with groups).
+    """
     from packager.runtime.modeling_unswift import TaylorMLP
 
     parameter = next(model.parameters())
+    if layers is None:
+        layers = [{"intermediate": u.intermediate, "expanded": e} for u, e in zip(sizer.units, expanded, strict=True)]
     spec = {"gated": sizer.gated, "order": order, "basis": "chebyshev", "extrapolation": "linear",
             "hidden_act": checkpoint.adapter.activation_name(checkpoint.config),
-            "out_bias": any(u.down_bias for u in sizer.units),
-            "layers": [{"intermediate": u.intermediate, "expanded": e} for u, e in zip(sizer.units, expanded,
-                                                                                       strict=True)]}
+            "out_bias": any(u.down_bias for u in sizer.units), "layers": layers}
     modules = []
     for index, unit in enumerate(sizer.units):
         mlp = TaylorMLP(types.SimpleNamespace(unswift=spec, hidden_size=unit.hidden), index)
@@ -77,11 +80,12 @@ def _timing_modules(model, checkpoint: Checkpoint, sizer: ReleaseSizer, order: i
     return modules
 
 
-def measure_slowdown(model, checkpoint: Checkpoint, sizer: ReleaseSizer, order: int, expanded: list[int], *,
-                     context: int, steps: int = TIMING_STEPS, warmup: int = TIMING_WARMUP) -> float:
+def measure_slowdown(model, checkpoint: Checkpoint, sizer: ReleaseSizer, order: int, expanded: list[int] | None, *,
+                     context: int, steps: int = TIMING_STEPS, warmup: int = TIMING_WARMUP,
+                     layers: list[dict] | None = None) -> float:
     """Measured decode slowdown (batch 1) of a release of these shapes, against the model as it is."""
     original = MlpSet(model, checkpoint.adapter)
-    release = MlpSet(model, checkpoint.adapter, _timing_modules(model, checkpoint, sizer, order, expanded))
+    release = MlpSet(model, checkpoint.adapter, _timing_modules(model, checkpoint, sizer, order, expanded, layers))
     device = str(next(model.parameters()).device)
     try:
         ref, rel = measure_decode([Contender(model, original.install), Contender(model, release.install)],
@@ -114,11 +118,13 @@ def available_memory(device: torch.device) -> int:
     return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
-def timing_memory(model, sizer: ReleaseSizer, order: int, expanded: list[int]) -> tuple[int, int]:
+def timing_memory(model, sizer: ReleaseSizer, order: int, expanded: list[int] | None,
+                  layers: list[dict] | None = None) -> tuple[int, int]:
     """(bytes the timing modules of this release need at the model's dtype, bytes available on its device)."""
     parameter = next(model.parameters())
     size = parameter.element_size()
-    needed = sum(spec.numel * size for name, spec in sizer.tensors(order, expanded).items()
+    tensors = sizer.layer_tensors(layers) if layers is not None else sizer.tensors(order, expanded)
+    needed = sum(spec.numel * size for name, spec in tensors.items()
                  if name.endswith(("in_proj.weight", "in_proj.bias", "theta", "out_bias")))
     return needed, available_memory(parameter.device)
 

@@ -103,20 +103,21 @@ def tail_energies(mlp: ReleasedMLP, factors: Factors, inputs: torch.Tensor) -> t
     widest = max((o for _, o in factors.groups), default=0)
     out = torch.zeros(factors.expanded, widest + 2, dtype=torch.float64)
     norms = factors.vectors.pow(2).sum(0)
-    weight, bias = mlp.in_weight.double(), mlp.in_bias.double()
     start = 0
     for (count, order), c in zip(factors.groups, factors.coefficients, strict=True):
         acc = torch.zeros(count, order + 2, dtype=torch.float64)
-        rows = torch.arange(start, start + count)
-        up_rows = rows + mlp.intermediate
+        gate_w = mlp.in_weight[start:start + count].double()
+        gate_b = mlp.in_bias[start:start + count].double()
+        up = slice(mlp.intermediate + start, mlp.intermediate + start + count)
+        up_w, up_b = mlp.in_weight[up].double(), mlp.in_bias[up].double()
         for x in inputs.split(CHUNK):
             x = x.double()
-            t = x @ weight[rows].T + bias[rows]
+            t = x @ gate_w.T + gate_b
             terms = bases.design(t, order, mlp.basis, mlp.extrapolation) * c  # [T, count, N+1]
             tails = terms.flip(-1).cumsum(-1).flip(-1)  # [..., n] = Σ_{k >= n}
             tails = torch.cat([tails, torch.zeros_like(tails[..., :1])], -1)  # column m+1 -> Σ_{k > m}
             if mlp.gated:
-                tails = tails * (x @ weight[up_rows].T + bias[up_rows]).unsqueeze(-1)
+                tails = tails * (x @ up_w.T + up_b).unsqueeze(-1)
             acc += tails.pow(2).sum(0)
         out[start:start + count, :order + 2] = acc / max(inputs.shape[0], 1) * norms[start:start + count, None]
         start += count
@@ -127,12 +128,13 @@ def plain_energies(mlp: ReleasedMLP, factors: Factors, inputs: torch.Tensor) -> 
     """E||w_k act(g_k) u_k||² of each plaintext channel (what dropping it costs), float64."""
     s, inter = factors.expanded, mlp.intermediate
     acc = torch.zeros(inter - s, dtype=torch.float64)
-    weight, bias = mlp.in_weight.double(), mlp.in_bias.double()
+    gate_w, gate_b = mlp.in_weight[s:inter].double(), mlp.in_bias[s:inter].double()
+    up_w, up_b = mlp.in_weight[inter + s:].double(), mlp.in_bias[inter + s:].double()
     for x in inputs.split(CHUNK):
         x = x.double()
-        h = mlp.activation.value(x @ weight[s:inter].T + bias[s:inter])
+        h = mlp.activation.value(x @ gate_w.T + gate_b)
         if mlp.gated:
-            h = h * (x @ weight[inter + s:].T + bias[inter + s:])
+            h = h * (x @ up_w.T + up_b)
         acc += h.pow(2).sum(0)
     return acc / max(inputs.shape[0], 1) * factors.plain.pow(2).sum(0)
 
