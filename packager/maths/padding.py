@@ -176,12 +176,35 @@ def release_orders(energies: torch.Tensor, wanted: torch.Tensor, out_energy: flo
     columns = columns_of(wanted)
     while True:
         limit = margin * threshold(out_energy, columns)
-        caps = torch.minimum(wanted, last_orders(energies, limit))
-        orders = group_down(torch.where(wanted < 0, wanted, caps), groups=groups, group_cost=group_cost)
+        orders = settled_orders(energies, wanted, limit, groups=groups, group_cost=group_cost)
         kept = columns_of(orders)
         if kept >= columns:
             return orders
         columns = kept
+
+
+def capped_last_orders(energies: torch.Tensor, bound: torch.Tensor, limit: float) -> torch.Tensor:
+    """Per channel the highest n <= bound[j] whose term has energy above `limit` (-1: none, or bound -1)."""
+    n = torch.arange(energies.shape[-1])
+    return last_orders(torch.where(n <= bound.unsqueeze(-1), energies, torch.zeros_like(energies)), limit)
+
+
+def settled_orders(energies: torch.Tensor, wanted: torch.Tensor, limit: float, *, groups: int = MAX_GROUPS,
+                   group_cost: float = GROUP_COST_COLUMNS) -> torch.Tensor:
+    """Grouped orders whose every channel's highest term clears `limit`.
+
+    Rounding a channel down into a group can land its order on a term that is itself under the limit (a
+    near-zero coefficient of the parity the interval favours): that term would then be trailing, i.e.
+    padding. Each such channel is cut further to its highest term that clears the limit and the channels
+    are grouped again, until nothing moves (orders only decrease, so this stops).
+    """
+    caps = capped_last_orders(energies, wanted, limit)
+    while True:
+        orders = group_down(caps, groups=groups, group_cost=group_cost)
+        settled = capped_last_orders(energies, orders, limit)
+        if torch.equal(settled, orders):
+            return orders
+        caps = settled
 
 
 def column_energies(theta: torch.Tensor, feature_square_sum: torch.Tensor, tokens: int) -> torch.Tensor:

@@ -37,6 +37,7 @@ _ATTACKS = {
     "coefficient_ratio": "the published closed-form attack, which reads weights off coefficient ratios",
     "kerckhoffs": "an attacker who knows unswift's method but not the publisher's secret",
     "learning": "fitting a fast MLP to input/output pairs of the released one",
+    "truncation": "dropping the trailing series terms that change nothing visible, without rebuilding the weights",
 }
 
 
@@ -148,6 +149,7 @@ def render(record: dict[str, Any]) -> str:
         verify_intro=_verify_intro((record.get("signing") or {}).get("key_fingerprint")),
         fidelity=_fidelity(record.get("eval")),
         slowdown=_slowdown(record.get("bench")),
+        slowdowns=_three_slowdowns(record),
         protection=_protection(record.get("audit")),
         recipe=yaml_block(transform),
         calibration=_calibration(record.get("calibration")),
@@ -313,6 +315,63 @@ def _slowdown(bench: list[dict[str, Any]] | dict[str, Any] | None) -> str:
     return "\n".join(lines)
 
 
+def _truncation_attack(record: dict[str, Any]) -> dict[str, Any] | None:
+    """The audit's `truncation` entry, if the audit ran it."""
+    for attack in (record.get("audit") or {}).get("attacks") or []:
+        if isinstance(attack, dict) and attack.get("name") == "truncation":
+            return attack
+    return None
+
+
+def _three_slowdowns(record: dict[str, Any]) -> str:
+    """The three slowdowns side by side: as shipped, after truncation, after a knowledgeable rebuild.
+
+    From the audit's `truncation` attack (all three timed interleaved); without it, from `--slowdown`'s
+    choice at convert time (the rebuild is then not measured). Nothing is shown that was not measured.
+    """
+    attack = _truncation_attack(record)
+    chosen = record.get("slowdown") if isinstance(record.get("slowdown"), dict) else None
+    if attack is None and chosen is None:
+        return ("Against whom the slowdown holds: not measured (`unswift audit` with its `truncation` attack "
+                "times the release as shipped, after truncation, and after a knowledgeable rebuild).")
+    head = ["Against whom the slowdown holds (decode, batch one, each divided by the source's time per token):",
+            "", "| as shipped | after truncation | after a knowledgeable rebuild |", "| --- | --- | --- |"]
+    if attack is not None:
+        timing = attack.get("timing") or {}
+        row = (f"| {times(attack.get('shipped_slowdown'))} | {times(attack.get('effective_slowdown'))} | "
+               f"{times(attack.get('rebuild_slowdown'))} |")
+        note = (
+            f"Measured by `{(record.get('audit') or {}).get('command') or 'unswift audit RELEASE --reference SOURCE'}`"
+            f" on {timing.get('threads', 'an unrecorded number of')} thread(s), interleaved, "
+            f"context {timing.get('context', 'not recorded')}. After truncation: the release with every trailing "
+            f"series term dropped that an attacker can drop while the next token stays the release's own on all "
+            f"but {percent(attack.get('top1_drop'))} of its text and the mean KL stays within "
+            f"{number(attack.get('kl_bound'))} nats per token ({percent(attack.get('kept_fraction'))} of the "
+            "series bytes kept); it needs no knowledge of the method. After a knowledgeable rebuild: the plain "
+            "MLPs the `kerckhoffs` attack recovered, timed the same way."
+        )
+    else:
+        row = f"| {times(chosen.get('measured'))} | {times(chosen.get('measured'))} | not measured |"
+        note = (
+            "Measured by `convert --slowdown` on the publishing machine: the release ships the orders its own "
+            "truncation search kept, so as shipped and after truncation are the same shapes; an attacker "
+            "truncating the shipped release again finds a little more to drop, which `unswift audit` measures, "
+            "with the knowledgeable rebuild."
+        )
+    return "\n".join([*head, row, "", note])
+
+
+def _truncation_line(attack: dict[str, Any]) -> str:
+    """The protection section's line for the truncation attack (bytes and time kept, not weights recovered)."""
+    return (
+        f"- Attack `truncation` ({_ATTACKS['truncation']}): kept {percent(attack.get('kept_fraction'))} of the "
+        f"series bytes in {seconds(attack.get('seconds'))}; the truncated release runs "
+        f"{times(attack.get('effective_slowdown'))} the source's decode time and gives the same next token as "
+        f"the source {percent(attack.get('rebuilt_top1'))} of the time (the release itself: "
+        f"{percent(attack.get('release_heldout_top1'))})."
+    )
+
+
 def _protection(audit: dict[str, Any] | None) -> str:
     caution = (
         "TaylorMLP is reversible by algebra: anyone who knows the method can compute the source model's "
@@ -334,6 +393,9 @@ def _protection(audit: dict[str, Any] | None) -> str:
         )
     for attack in audit.get("attacks") or []:
         name = attack.get("name", "unnamed")
+        if name == "truncation":
+            lines.append(_truncation_line(attack))
+            continue
         rebuilt = attack.get("rebuilt_top1")
         lines.append(
             f"- Attack `{name}` ({_ATTACKS.get(name, 'an attack the audit ran')}): recovered "
