@@ -216,3 +216,34 @@ def test_render_does_not_change_the_record(record):
     before = copy.deepcopy(record)
     card.render(record)
     assert record == before
+
+
+def _with_truncation(record: dict) -> dict:
+    record["audit"]["attacks"].append(
+        {"name": "truncation", "recovered_fraction": None, "relative_error": None, "seconds": 102.85,
+         "rebuilt_top1": 0.9961, "kept_fraction": 0.9054, "shipped_slowdown": 1.8993, "effective_slowdown": 1.8896,
+         "rebuild_slowdown": 1.0456, "top1_drop": 0.001, "kl_bound": 0.001, "release_heldout_top1": 0.9961,
+         "timing": {"context": 512, "threads": 1}})
+    return record
+
+
+def test_the_three_slowdowns_come_from_the_truncation_attack(record):
+    """As shipped, after truncation and after a knowledgeable rebuild, side by side (issue 14)."""
+    text = card.render(_with_truncation(record))
+    body = section(text, "Slowdown, as measured")
+    assert "| 1.90× | 1.89× | 1.05× |" in body
+    assert "`truncation`" in section(text, "Protection, as audited") and "90.54 %" in text
+    figures = re.findall(r"(?<![\w.])\d+\.\d+", body)
+    known = numbers_of(record)
+    assert all(any(abs(float(f) - c) <= 0.006 or abs(float(f) - 100 * c) <= 0.006 for c in known) for f in figures)
+    record["audit"]["attacks"][-1]["effective_slowdown"] = 1.4321
+    assert "| 1.90× | 1.43× | 1.05× |" in section(card.render(record), "Slowdown, as measured")
+
+
+def test_without_the_audit_the_slowdown_choice_shows_and_the_rebuild_is_not_measured(record):
+    record["audit"] = None
+    record["slowdown"] = {"requested": 2.0, "measured": 1.97, "largest": 2.6}
+    body = section(card.render(record), "Slowdown, as measured")
+    assert "| 1.97× | 1.97× | not measured |" in body and "convert --slowdown" in body
+    del record["slowdown"]
+    assert "Against whom the slowdown holds: not measured" in section(card.render(record), "Slowdown, as measured")
