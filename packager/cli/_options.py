@@ -61,9 +61,10 @@ def convert_options(func: Callable) -> Callable:
         click.option("--order", type=int, default=8, show_default=True,
                      help="Series order N: each expanded channel releases N+1 coefficient vectors."),
         click.option("--slowdown", type=float, default=None, expose_value=False, callback=_remember,
-                     help="Decode slowdown wanted (batch 1), e.g. 4: order and coverage are chosen by the bytes "
-                          "model, refined by timing on this machine, best measured fidelity among the choices "
-                          "that reach it. Excludes --order and --coverage."),
+                     help="Decode slowdown wanted (batch 1) after the truncation attack, e.g. 2: coverage and "
+                          "per-channel orders (no padding) are chosen and timed on this machine; exit 2 naming the "
+                          "largest honest value when X is above it. Needs --stats for --dry-run's ceiling. "
+                          "Excludes --order and --coverage."),
         click.option("--coverage", default="auto", show_default=True,
                      help="Fraction of MLP channels expanded, or 'auto': the largest whose measured top-1 "
                           "agreement on held-out text meets --min-top1."),
