@@ -58,6 +58,12 @@ MOMENT_POINTS = 4
 #: many Θ columns (measured on the demo's shapes, one CPU thread, float32: ~64 µs per group and unit
 #: against 0.128 µs per column). Groups of orders are merged when a group would cost more than it saves.
 GROUP_COST_COLUMNS = 500.0
+#: What a *release* charges per group when rounding its orders down: nothing. Rounding down removes terms
+#: that carry something, so a release keeps as many as `MAX_GROUPS` groups allow (fidelity first: an
+#: order allocation's boosted channels are not merged away, and `--slowdown` ships exactly the groups its
+#: truncation search kept and timed). `GROUP_COST_COLUMNS` is what the truncation attacker, who wants
+#: speed, charges when it rounds its kept orders *up*.
+RELEASE_GROUP_COST = 0.0
 #: At most this many distinct series orders per unit.
 MAX_GROUPS = 8
 #: Channels processed together when evaluating basis moments (bounds the [C, K, N+1] temporary).
@@ -165,7 +171,7 @@ def columns_of(orders: torch.Tensor) -> int:
 
 
 def release_orders(energies: torch.Tensor, wanted: torch.Tensor, out_energy: float, *, margin: float = MARGIN,
-                   groups: int = MAX_GROUPS, group_cost: float = GROUP_COST_COLUMNS) -> torch.Tensor:
+                   groups: int = MAX_GROUPS, group_cost: float = RELEASE_GROUP_COST) -> torch.Tensor:
     """The orders a unit is released with: `wanted` [C] (-1 plaintext) capped where terms stop mattering.
 
     `energies` [C, N+1] are the estimated term energies of each channel's fit (N >= max wanted). The cap
@@ -190,7 +196,7 @@ def capped_last_orders(energies: torch.Tensor, bound: torch.Tensor, limit: float
 
 
 def settled_orders(energies: torch.Tensor, wanted: torch.Tensor, limit: float, *, groups: int = MAX_GROUPS,
-                   group_cost: float = GROUP_COST_COLUMNS) -> torch.Tensor:
+                   group_cost: float = RELEASE_GROUP_COST) -> torch.Tensor:
     """Grouped orders whose every channel's highest term clears `limit`.
 
     Rounding a channel down into a group can land its order on a term that is itself under the limit (a

@@ -125,7 +125,7 @@ def _padding(plans: list[LayerPlan], masks: list[torch.Tensor], orders: list[tor
                          f"statistics, with a margin of {padding.MARGIN:g}x in energy",
             "unit_output_energy": sources[0] if len(sources) == 1 else sources,
             "plaintext_channels_added": sum(int((m & (o < 0)).sum()) for m, o in zip(masks, orders, strict=True)),
-            "max_groups": padding.MAX_GROUPS, "group_cost_columns": padding.GROUP_COST_COLUMNS}
+            "max_groups": padding.MAX_GROUPS, "group_cost_columns": padding.RELEASE_GROUP_COST}
 
 
 def _allocation(options: ConvertOptions, boosts: list[torch.Tensor] | None, masks: list[torch.Tensor]) -> dict:
