@@ -41,7 +41,13 @@ from packager.maths.transform import LayerPlan, release_orders, select_channels
 from packager.progress import Progress, reporter
 from packager.stages.bench import DEFAULT_CONTEXT, clock_for, hardware_name
 from packager.stages.plan.fits import plan_layers
-from packager.stages.plan.measure import ROOM_SHARE, measure_slowdown, timing_memory
+from packager.stages.plan.measure import (
+    ROOM_SHARE,
+    NoRoom,
+    measure_slowdown,
+    measure_slowdown_by_chunks,
+    timing_memory,
+)
 
 #: Order every channel is fitted at before the padding cap (demo model: padding-free orders 13 / 17 / 24 /
 #: 36 at the 10th / 50th / 90th / 99th percentile).
@@ -250,22 +256,32 @@ def choose_slowdown(checkpoint: Checkpoint, model, stats: Stats, options, *, dty
     notes: list[str] = []
 
     def timed(coverage: float, shapes: list[torch.Tensor], label: str) -> tuple[float, bool]:
-        """(slowdown, measured?): measured interleaved with the source, or the bytes model when the
-        timing modules would not fit beside the model (the record says so)."""
+        """(slowdown, measured?): measured interleaved with the source (all layers at once, or a few at a
+        time when they would not fit beside the model), or the bytes model when not even one layer fits
+        (the record says which)."""
         layers = layers_of(shapes)
         predicted = sizer.predicted_layers(layers, context=context)
         needed, available = timing_memory(model, sizer, 0, None, layers)
-        if needed > ROOM_SHARE * available:
-            note = (f"not timed: timing needs {needed / 1e9:.1f} GB beside the model and {available / 1e9:.1f} GB "
-                    "are available; the bytes model's figure is used")
+        entry = {"what": label, "coverage": coverage, "predicted": predicted}
+        if needed <= ROOM_SHARE * available:
+            measured = measure_slowdown(model, checkpoint, sizer, 0, None, context=context, layers=layers)
+            timings.append({**entry, "measured": measured, "chunks": 1})
+            say(f"  {label}, coverage {coverage:.3f}: bytes model {predicted:.2f}x, measured {measured:.2f}x")
+            return measured, True
+        try:
+            measured, chunks = measure_slowdown_by_chunks(model, checkpoint, sizer, 0, None, context=context,
+                                                          room=int(ROOM_SHARE * available), layers=layers)
+        except NoRoom as reason:
+            note = f"not timed: {reason}; the bytes model's figure is used"
             if note not in notes:
                 notes.append(note)
-            timings.append({"what": label, "coverage": coverage, "predicted": predicted, "measured": None})
+            timings.append({**entry, "measured": None})
             say(f"  {label}, coverage {coverage:.3f}: bytes model {predicted:.2f}x ({note})")
             return predicted, False
-        measured = measure_slowdown(model, checkpoint, sizer, 0, None, context=context, layers=layers)
-        timings.append({"what": label, "coverage": coverage, "predicted": predicted, "measured": measured})
-        say(f"  {label}, coverage {coverage:.3f}: bytes model {predicted:.2f}x, measured {measured:.2f}x")
+        timings.append({**entry, "measured": measured, "chunks": chunks})
+        say(f"  {label}, coverage {coverage:.3f}: bytes model {predicted:.2f}x, measured {measured:.2f}x "
+            f"({chunks} chunks of layers: the whole candidate needs {needed / 1e9:.1f} GB beside the model, "
+            f"{available / 1e9:.1f} GB are available)")
         return measured, True
 
     full = [torch.ones(c.numel(), dtype=torch.bool) for c in caps]

@@ -255,9 +255,81 @@ def test_slowdown_falls_back_to_the_bytes_model_when_timing_would_not_fit(tiny_l
                                           ConvertOptions(slowdown=1.5))
     assert choice.measured is None and choice.largest_measured is False
     assert choice.timings and all(t["measured"] is None for t in choice.timings)
-    assert "bytes model" in choice.note and "GB are available" in choice.note
+    assert "bytes model" in choice.note and "timing modules need" in choice.note
     assert choice.predicted == pytest.approx(1.5, rel=0.10)
     assert choice.fidelity is not None  # fidelity needs no (N+1)-fold matrix: still measured
+
+
+def _bytes_machine(contenders, **_):
+    """A deterministic machine: a decode step takes as long as reading every parameter the model holds."""
+    times = []
+    for contender in contenders:
+        contender.enter()
+        times.append(sum(p.numel() * p.element_size() for p in contender.model.parameters()) * 1e-9)
+    return times
+
+
+def _limited_memory(monkeypatch, measure, layers_per_room: float) -> list[int]:
+    """Memory for `layers_per_room` of the largest layer's timing modules; returns how many layers each
+    build made (the test checks that no more than fit were ever held)."""
+    sizes: dict[str, int] = {}
+    real_bytes, real_modules, built = measure.unit_timing_bytes, measure._timing_modules, []
+
+    def spy(*args, **kwargs):
+        per_unit = real_bytes(*args, **kwargs)
+        sizes["largest"] = max(per_unit)
+        return per_unit
+
+    def counted(*args, **kwargs):
+        modules = real_modules(*args, **kwargs)
+        built.append(sum(m is not None for m in modules))
+        return modules
+
+    monkeypatch.setattr(measure, "unit_timing_bytes", spy)
+    monkeypatch.setattr(measure, "_timing_modules", counted)
+    monkeypatch.setattr(measure, "available_memory",
+                        lambda device: int(sizes["largest"] * layers_per_room / measure.ROOM_SHARE))
+    return built
+
+
+def test_timing_layer_by_layer_adds_up_to_timing_the_whole_candidate(tiny_llama, monkeypatch):
+    from packager.maths.sizing import ReleaseSizer
+    from packager.stages.plan import measure
+
+    monkeypatch.setattr(measure, "measure_decode", _bytes_machine)
+    source = open_checkpoint(tiny_llama)
+    model, sizer = source.load_model(), ReleaseSizer(source, dtype="float32")
+    expanded = [unit.intermediate for unit in sizer.units]
+    whole = measure.measure_slowdown(model, source, sizer, 8, expanded, context=64)
+    built = _limited_memory(monkeypatch, measure, 1.2)
+    needed, available = measure.timing_memory(model, sizer, 8, expanded)
+    assert needed > measure.ROOM_SHARE * available  # the whole candidate does not fit
+    chunked, chunks = measure.measure_slowdown_by_chunks(model, source, sizer, 8, expanded, context=64,
+                                                         room=int(measure.ROOM_SHARE * available))
+    assert chunks == len(sizer.units) == 2 and max(built) == 1
+    assert whole > 1.5 and chunked == pytest.approx(whole, rel=1e-9)
+    assert all(type(layer.mlp).__name__ != "TaylorMLP" for layer in model.model.layers)  # source put back
+    with pytest.raises(measure.NoRoom, match="layer 0"):
+        measure.measure_slowdown_by_chunks(model, source, sizer, 8, expanded, context=64, room=1024)
+
+
+def test_slowdown_is_timed_layer_by_layer_when_the_whole_candidate_would_not_fit(tiny_llama, tiny_llama_stats,
+                                                                                 monkeypatch):
+    """A memory limit that holds one layer's timing modules but not two: every candidate is still timed
+    (one chunk per layer), and the record says it was measured, not estimated."""
+    from packager.formats.stats import Stats
+    from packager.stages.options import ConvertOptions
+    from packager.stages.plan import measure
+    from packager.stages.plan import slowdown as autoslowdown
+
+    monkeypatch.setattr(measure, "measure_decode", _bytes_machine)
+    built = _limited_memory(monkeypatch, measure, 1.2)
+    source = open_checkpoint(tiny_llama)
+    choice = autoslowdown.choose_slowdown(source, source.load_model(), Stats.load(tiny_llama_stats),
+                                          ConvertOptions(slowdown=1.5))
+    assert choice.measured is not None and not (choice.note or "").startswith("not timed")
+    assert choice.timings and all(t["measured"] is not None and t["chunks"] == 2 for t in choice.timings)
+    assert built and max(built) == 1  # never more than one layer's modules at once
 
 
 def test_slowdown_on_a_mixture_of_experts_is_refused_before_any_work(tmp_path):
