@@ -152,8 +152,10 @@ def calibrate(
 
 
 def plan(checkpoint: str | Path | Checkpoint, options: ConvertOptions | None = None, *,
-         context: int | None = None) -> dict:
-    """What `convert` would write, from the checkpoint's headers alone (see `packager.stages.plan.dry_run`)."""
+         context: int | None = None, stats: str | Path | None = None) -> dict:
+    """What `convert` would write, from the checkpoint's headers (and `stats`, for `--slowdown`'s ceiling
+    without padding); see `packager.stages.plan.dry_run`."""
+    from packager.formats.stats import Stats
     from packager.limits import check
     from packager.stages.options import ConvertOptions
     from packager.stages.plan.dry_run import plan as run
@@ -161,7 +163,8 @@ def plan(checkpoint: str | Path | Checkpoint, options: ConvertOptions | None = N
     options = options or ConvertOptions()
     options.validate()
     check("--context", context)
-    return run(open_source(checkpoint), options, context=context)
+    loaded = Stats.load(Path(stats)) if stats is not None else None
+    return run(open_source(checkpoint), options, context=context, stats=loaded)
 
 
 def convert(checkpoint: str | Path | Checkpoint, out: str | Path, **options) -> tuple[ConvertResult, Secret]:

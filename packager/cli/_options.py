@@ -113,9 +113,10 @@ def convert_options(func: Callable) -> Callable:
         click.option("--order", type=int, default=8, show_default=True, callback=checked,
                      help="Series order N: each expanded channel releases N+1 coefficient vectors."),
         click.option("--slowdown", type=float, default=None, expose_value=False, callback=_remember,
-                     help="Decode slowdown wanted (batch 1), e.g. 4: order and coverage are chosen by the bytes "
-                          "model, refined by timing on this machine, best measured fidelity among the choices "
-                          "that reach it. Excludes --order and --coverage."),
+                     help="Decode slowdown wanted (batch 1) after the truncation attack, e.g. 2: coverage and "
+                          "per-channel orders (no padding) are chosen and timed on this machine; exit 2 naming the "
+                          "largest honest value when X is above it. Needs --stats for --dry-run's ceiling. "
+                          "Excludes --order and --coverage."),
         click.option("--coverage", default="auto", show_default=True, callback=checked_coverage,
                      help="Fraction of MLP channels expanded, or 'auto': the largest whose measured top-1 "
                           "agreement on held-out text meets --min-top1."),
@@ -193,11 +194,11 @@ def build_convert_options(order: int, coverage: float | None, fit: str, min_top1
     return options
 
 
-def report_plan(report, source, options) -> None:
+def report_plan(report, source, options, stats=None) -> None:
     """Print (and put in the JSON report) what converting `source` with `options` would produce."""
     from packager import api
 
-    planned = api.plan(source, options)
+    planned = api.plan(source, options, stats=stats)
     report.update(planned)
     memory = planned["memory"][planned["dtype"]]
     coverage = planned["coverage"]
@@ -207,5 +208,10 @@ def report_plan(report, source, options) -> None:
                f"{api.format_size(memory['total_bytes'])} to run at {memory['context']} tokens, predicted "
                f"decode slowdown {planned['predicted_decode_slowdown']:.2f}x")
     if planned.get("slowdown"):
-        report.say("  (bytes model only: convert times candidates on this machine and picks the one that measures "
-                   "the slowdown asked, often a larger release than this; see `candidates` in --json)")
+        ceiling = planned["slowdown"].get("padding_ceiling")
+        if ceiling is None:
+            report.say("  (bytes model only: the largest slowdown without padding needs --stats; convert measures "
+                       "the slowdown after truncation on this machine)")
+        else:
+            report.say(f"  (the richest release without padding reads {ceiling:.2f}x the source's bytes per token; "
+                       "convert measures the slowdown after truncation, which is lower, and ships what it keeps)")

@@ -20,13 +20,14 @@ from packager.cli._options import checked, checked_units
               help="Exit 1 if any attack recovers more than this fraction of the protected weights "
                    "(needs --reference).")
 @click.option("--attack", "attacks", multiple=True,
-              type=click.Choice(["coefficient_ratio", "kerckhoffs", "learning"]),
-              help="Run only these attacks (repeatable). Default: all three.")
+              type=click.Choice(["coefficient_ratio", "kerckhoffs", "learning", "truncation"]),
+              help="Run only these attacks (repeatable). Default: all four (truncation runs last: it times the "
+                   "kerckhoffs rebuild).")
 @click.option("--learning-steps", type=int, default=300, show_default=True, callback=checked,
               help="Budget of the learning attack: Adam steps per attacked MLP.")
 @click.option("--attacker-tokens", type=int, default=2048, show_default=True, callback=checked,
               help="Tokens of the attacker's own text run through the release to record MLP inputs and "
-                   "outputs (learning attack, --kerckhoffs-data).")
+                   "outputs (learning attack, --kerckhoffs-data) and the truncation attacker's text.")
 @click.option("--learning-units", default=None, callback=checked_units,
               help="MLP units the learning attack fits, e.g. '0,15'. Default: the middle one.")
 @click.option("--kerckhoffs-data", is_flag=True,

@@ -61,7 +61,7 @@ def release(checkpoint, repo, out, no_push, key, tag, private, gated, endpoint, 
         options = build_convert_options(order, coverage, fit, min_top1, hardening, dtype, license_, base_model,
                                         allocation, allow_dry_run=True)
         if dry_run_requested():  # the plan only: no key, secret, folder or Hub call is touched
-            report_plan(report, api.open_source(checkpoint), options)
+            report_plan(report, api.open_source(checkpoint), options, stats=stats)
             return
         if click.get_current_context().get_parameter_source("calibration_tokens") is ParameterSource.DEFAULT:
             calibration_tokens = None  # the budget's

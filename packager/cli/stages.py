@@ -72,7 +72,7 @@ def convert(checkpoint, out, order, coverage, fit, allocation, min_top1, calibra
                                         allocation, allow_dry_run=True)
         source = api.open_source(checkpoint)
         if dry_run_requested():
-            report_plan(report, source, options)
+            report_plan(report, source, options, stats=stats)
             return
         out_dir = Path(out) if out else Path("releases") / source.name.split("/")[-1]
         result, secret = api.convert(source, out_dir, stats=stats, options=options, calibration=calibration,

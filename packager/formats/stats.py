@@ -1,7 +1,9 @@
 """The statistics file `unswift calibrate` writes: safetensors tensors per unit plus a JSON summary.
 
 `--stats FILE` reuses a calibration; the file records what produced it (tokens, seed, text source and
-digest, the source checkpoint's digest), so a release can say what it was calibrated on.
+digest, the source checkpoint's digest), so a release can say what it was calibrated on. Each dense unit
+also has `layers.{i}.out_energy` (float64 [2]: mean and median over tokens of the MLP output's squared
+norm), which the padding criterion needs; files written before it existed load without it.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ class Stats:
             "heldout_tokens": self.heldout_tokens,
             "heldout_outside_fraction": self.heldout_outside_fraction,
             "bins": int(self.layers[0].counts.shape[-1]) if self.layers else 0,
+            "units_with_output_energy": sum(layer.out_energy is not None for layer in self.layers),
         }
 
     def save(self, path: Path) -> None:
@@ -44,6 +47,8 @@ class Stats:
         for i, layer in enumerate(self.layers):
             for name in ("min", "max", "mean", "std", "up_rms", "counts"):
                 tensors[f"layers.{i}.{name}"] = getattr(layer, name).contiguous()
+            if layer.out_energy is not None:
+                tensors[f"layers.{i}.out_energy"] = layer.out_energy.double().contiguous()
         meta = {"format": "pt", "unswift_stats_format": str(STATS_FORMAT), "summary": json.dumps(
             {**self.summary(), "source_digest": self.source_digest, "layers": len(self.layers)})}
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -65,7 +70,8 @@ class Stats:
         tensors = load_file(str(path))
         layers = [
             LayerStats(**{name: tensors[f"layers.{i}.{name}"] for name in
-                          ("min", "max", "mean", "std", "up_rms", "counts")})
+                          ("min", "max", "mean", "std", "up_rms", "counts")},
+                       out_energy=tensors.get(f"layers.{i}.out_energy"))
             for i in range(summary["layers"])
         ]
         return cls(layers, summary["tokens"], summary["seed"], summary["source"], summary["text_digest"],

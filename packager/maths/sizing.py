@@ -249,6 +249,27 @@ class ReleaseSizer:
                 out[unit.prefix + "out_bias"] = TensorSpec((unit.hidden,), self._code)
         return out
 
+    def layer_tensors(self, layers: list[dict]) -> dict[str, TensorSpec]:
+        """Every tensor of a release whose units are `layers` (config.json["unswift"]["layers"] entries:
+        intermediate, expanded, groups of (channels, order)); a unit may keep fewer channels than the source."""
+        out = dict(self.copied)
+        for unit, layer in zip(self.units, layers, strict=True):
+            intermediate = int(layer["intermediate"])
+            rows = intermediate * (2 if self.gated else 1)
+            out[unit.prefix + "in_proj.weight"] = TensorSpec((rows, unit.hidden), self._code)
+            out[unit.prefix + "in_proj.bias"] = TensorSpec((rows,), self._code)
+            columns = sum(int(g["channels"]) * (int(g["order"]) + 1) for g in layer.get("groups") or [])
+            columns += intermediate - int(layer["expanded"])
+            out[unit.prefix + "theta"] = TensorSpec((unit.hidden, columns), self._code)
+            if unit.down_bias:
+                out[unit.prefix + "out_bias"] = TensorSpec((unit.hidden,), self._code)
+        return out
+
+    def predicted_layers(self, layers: list[dict], *, context: int, batch: int = 1) -> float:
+        """The bytes model's decode slowdown of a release of these unit shapes (see `layer_tensors`)."""
+        return predicted_decode_slowdown(self.layer_tensors(layers), self.source, self.config, dtype=self.dtype,
+                                         context=context, batch=batch)
+
     def predicted(self, order: int, expanded: list[int], *, context: int, batch: int = 1,
                   dtype: str | None = None) -> float:
         return predicted_decode_slowdown(self.tensors(order, expanded), self.source, self.config,

@@ -26,6 +26,10 @@ class LayerStats:
     std: torch.Tensor
     up_rms: torch.Tensor
     counts: torch.Tensor  # [channels, bins] over [min, max]
+    #: The unit's output energy over the calibration tokens (float64, [2]): mean and median over tokens
+    #: of ||y||^2, y the MLP's output. None: not recorded (routed experts; statistics files from unswift
+    #: before 0.x), in which case `output_energy` estimates it (see there).
+    out_energy: torch.Tensor | None = None
 
     @property
     def histogram(self) -> Histogram:

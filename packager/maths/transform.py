@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 import torch
 
+from packager.maths import padding
 from packager.maths.series.activations import Activation
-from packager.maths.series.fit import ChannelFit, fit_taylor, fit_weighted, fit_weighted_orders
+from packager.maths.series.fit import ChannelFit, Histogram, fit_taylor, fit_weighted, fit_weighted_orders
 from packager.maths.statistics import LayerStats
 
 FITS = ("weighted", "taylor")
@@ -62,7 +63,11 @@ class Hardening:
 
 @dataclass(frozen=True)
 class LayerPlan:
-    """One layer's fits for every channel and the score used to rank channels for expansion."""
+    """One layer's fits for every channel and the score used to rank channels for expansion.
+
+    `histogram`, `out_weight` (|w_j| up_rms_j) and `out_energy` (the unit's E||y||²) are what the padding
+    criterion needs (`release_orders`); `out_energy_source` says whether calibration measured the energy.
+    """
 
     fit: ChannelFit
     score: torch.Tensor  # larger = worse to expand (expected output error), per channel
@@ -72,6 +77,15 @@ class LayerPlan:
     base_score: torch.Tensor | None = None
     boost: ChannelFit | None = None
     boost_score: torch.Tensor | None = None
+    histogram: Histogram | None = None
+    out_weight: torch.Tensor | None = None
+    out_energy: float | None = None
+    out_energy_source: str = "calibration"
+    #: Per-channel orders wanted (-1: plaintext) instead of `fit`'s order on every expanded channel
+    #: (`--slowdown` ships the orders its truncation search keeps); still capped by the criterion.
+    orders: torch.Tensor | None = None
+    #: E_hist[B_n(t)²] of `fit`, `base`, `boost`, computed once (see `release_orders`).
+    moments: dict = field(default_factory=dict, compare=False, repr=False)
 
 
 def allocation_orders(order: int) -> tuple[int, int] | None:
@@ -94,18 +108,72 @@ def fit_layer(activation: Activation, stats: LayerStats, down_norms: torch.Tenso
     up = stats.up_rms.double() if stats.up_rms.abs().sum() > 0 else torch.ones_like(stats.min.double())
     weight = up * down_norms.double()
     width = (stats.max - stats.min).double()
+    if stats.out_energy is not None:
+        energy = {"out_energy": float(stats.out_energy[0]), "out_energy_source": "calibration"}
+    else:
+        energy = {"out_energy": padding.diagonal_out_energy(activation, histogram, weight),
+                  "out_energy_source": "estimated without cross terms"}
+    common = {"histogram": histogram, "out_weight": weight, **energy}
     if fit == "taylor":
         channel_fit = fit_taylor(activation, stats.min, stats.max, order, normalise=normalise, histogram=histogram)
-        return LayerPlan(channel_fit, channel_fit.error * weight, width)
+        return LayerPlan(channel_fit, channel_fit.error * weight, width, **common)
     if fit != "weighted":
         raise ValueError(f"unknown fit {fit!r}; expected one of {FITS}")
     orders = allocation_orders(order) if allocation == "boost" else None
     if orders is None:
         channel_fit = fit_weighted(activation, histogram, order)
-        return LayerPlan(channel_fit, channel_fit.error * weight, width)
+        return LayerPlan(channel_fit, channel_fit.error * weight, width, **common)
     channel_fit, base, boost = fit_weighted_orders(activation, histogram, (order, *orders))  # one pass
     return LayerPlan(channel_fit, channel_fit.error * weight, width, base, base.error * weight,
-                     boost, boost.error * weight)
+                     boost, boost.error * weight, **common)
+
+
+def _moments(plan: LayerPlan, name: str) -> torch.Tensor:
+    if name not in plan.moments:
+        plan.moments[name] = padding.basis_moments(getattr(plan, name), plan.histogram)
+    return plan.moments[name]
+
+
+def release_fits(plan: LayerPlan, expanded: torch.Tensor, boosted: torch.Tensor | None
+                 ) -> tuple[ChannelFit, torch.Tensor, torch.Tensor]:
+    """(fit, wanted orders, basis moments) of every channel of one unit before the padding cap.
+
+    Uniform: `plan.fit` for every expanded channel. With order allocation: the boost fit on `boosted`
+    channels, the base fit (zero-padded) on the others. Wanted orders are -1 on plaintext channels.
+    """
+    if boosted is None:
+        order = plan.fit.coefficients.shape[-1] - 1
+        wanted = torch.where(expanded, order if plan.orders is None else plan.orders, -1)
+        return plan.fit, wanted, _moments(plan, "fit") if plan.histogram is not None else None
+    base, boost = plan.base, plan.boost
+    width = boost.coefficients.shape[-1]
+    pad = width - base.coefficients.shape[-1]
+    column = boosted.unsqueeze(-1)
+    fit = replace(boost, centre=torch.where(boosted, boost.centre, base.centre),
+                  half_width=torch.where(boosted, boost.half_width, base.half_width),
+                  coefficients=torch.where(column, boost.coefficients,
+                                           torch.nn.functional.pad(base.coefficients, (0, pad))),
+                  error=torch.where(boosted, boost.error, base.error))
+    wanted = torch.where(expanded, torch.where(boosted, width - 1, width - 1 - pad), -1)
+    moments = None
+    if plan.histogram is not None:
+        moments = torch.where(column, _moments(plan, "boost"),
+                              torch.nn.functional.pad(_moments(plan, "base"), (0, pad)))
+    return fit, wanted, moments
+
+
+def release_orders(plan: LayerPlan, expanded: torch.Tensor, boosted: torch.Tensor | None
+                   ) -> tuple[ChannelFit, torch.Tensor]:
+    """(fit, orders) of one unit as released: wanted orders capped by the padding criterion.
+
+    orders[j] = -1 for a plaintext channel (not expanded, or whose constant term would be padding);
+    terms above orders[j] are never released (`packager.maths.padding.release_orders`).
+    """
+    fit, wanted, moments = release_fits(plan, expanded, boosted)
+    if moments is None or plan.out_energy is None:  # no statistics to judge by: nothing is capped
+        return fit, wanted
+    energies = fit.coefficients.double().pow(2) * moments * plan.out_weight.double().pow(2).unsqueeze(-1)
+    return fit, padding.release_orders(energies, wanted, plan.out_energy)
 
 
 def select_channels(plans: list[LayerPlan], coverage: float, fit: str) -> list[torch.Tensor]:
@@ -330,17 +398,34 @@ def build_layer(source: SourceMLP, fit: ChannelFit, expanded: torch.Tensor, hard
 
 def unit_groups(plan: LayerPlan, expanded: torch.Tensor, boosted: torch.Tensor | None, hardening: Hardening,
                 secret: bytes, unit: int, *, gated: bool) -> list[ChannelGroup]:
-    """The channel groups of one unit in release order.
+    """The channel groups of one unit in release order, orders capped by the padding criterion."""
+    fit, orders = release_orders(plan, expanded, boosted)
+    return groups_for(fit, orders, hardening, secret, unit, gated=gated)
 
-    Uniform order: the expanded channels, then the plaintext ones (one generator). With order allocation:
-    base-order channels, boost-order channels, then plaintext, each group with its own generator.
+
+def truncated(fit: ChannelFit, order: int) -> ChannelFit:
+    """The fit's series cut after term `order`."""
+    return replace(fit, coefficients=fit.coefficients[:, : order + 1])
+
+
+def groups_for(fit: ChannelFit, orders: torch.Tensor, hardening: Hardening, secret: bytes, unit: int, *,
+               gated: bool) -> list[ChannelGroup]:
+    """The channel groups of one unit in release order, from each channel's order (-1: plaintext).
+
+    One order: the expanded channels, then the plaintext ones (one generator). Several: one group per
+    order, ascending, then plaintext, each group with its own generator (the boost allocation's base and
+    boost groups are groups 0 and 1).
     """
-    if boosted is None:
-        return list(channel_groups(plan.fit, expanded, hardening, layer_generator(secret, unit), gated=gated))
-    base, _ = channel_groups(plan.base, expanded & ~boosted, hardening, layer_generator(secret, unit, 0), gated=gated)
-    boost, _ = channel_groups(plan.boost, boosted, hardening, layer_generator(secret, unit, 1), gated=gated)
-    _, plain = channel_groups(plan.fit, expanded, hardening, layer_generator(secret, unit, 2), gated=gated)
-    return [base, boost, plain]
+    distinct = sorted(set(int(o) for o in orders.tolist() if o >= 0))
+    expanded = orders >= 0
+    if len(distinct) <= 1:
+        order = distinct[0] if distinct else 0
+        return list(channel_groups(truncated(fit, order), expanded, hardening, layer_generator(secret, unit),
+                                   gated=gated))
+    groups = [channel_groups(truncated(fit, order), orders == order, hardening,
+                             layer_generator(secret, unit, k), gated=gated)[0] for k, order in enumerate(distinct)]
+    _, plain = channel_groups(fit, expanded, hardening, layer_generator(secret, unit, len(distinct)), gated=gated)
+    return [*groups, plain]
 
 
 def _secret_scales(uniform: torch.Tensor) -> torch.Tensor:

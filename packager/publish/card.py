@@ -12,7 +12,7 @@ YAML header, which comes from huggingface_hub's `ModelCardData` so that the Hub 
 card; `measurements` writes the measured sections and their headlines, `formatting` each figure. The
 per-unit recipe stays in `unswift.json`: the card shows a summary table of it.
 
-Places kept for later additions: `measurements.SLOWDOWN_COLUMNS` (more slowdowns side by side),
+Places kept for later additions: `measurements.SLOWDOWN_COLUMNS` (more columns per bench entry),
 `runtimes` (the "Runs with" section) and `_recipient` (one sentence about a recipient fingerprint).
 """
 
@@ -160,6 +160,7 @@ def render(record: dict[str, Any]) -> str:
         public_key=PUBLIC_KEY,
         fidelity=measurements.fidelity(record.get("eval")),
         slowdown=measurements.slowdown(record),
+        slowdowns=measurements.three_slowdowns(record),
         protection=measurements.protection(record.get("audit")),
         recipe=_recipe(transform, record.get("calibration")),
         tool_version=(record.get("tool") or {}).get("version", "unknown"),

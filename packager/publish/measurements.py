@@ -5,8 +5,9 @@ device, dtype), and every section says so when nothing was measured. The headlin
 (and the demo's closing summary, through `packager.api.headlines`) sees first; they are built from the
 same record fields as the sections below them, so the two cannot disagree.
 
-The slowdown table is built from `SLOWDOWN_COLUMNS`, one (header, cell) pair per column, so a later
-measurement (a slowdown after truncation, after a rebuild) is one more entry, not a new layout.
+The slowdown table is built from `SLOWDOWN_COLUMNS`, one (header, cell) pair per column; beside it,
+`three_slowdowns` shows the slowdown as shipped, after the truncation attack and after a knowledgeable
+rebuild, which the audit measures.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ ATTACKS = {
     "coefficient_ratio": "the published closed-form attack, which reads weights off coefficient ratios",
     "kerckhoffs": "an attacker who knows unswift's method but not the publisher's secret",
     "learning": "an attacker who fits a plain MLP to input/output pairs of the released one",
+    "truncation": "dropping the trailing series terms that change nothing visible, without rebuilding the weights",
 }
 
 #: The fidelity table: label, `eval` key, formatter.
@@ -103,7 +105,8 @@ def protection_headline(audit: dict[str, Any] | None) -> str | None:
 
 def strongest_attack(audit: dict[str, Any] | None) -> dict[str, Any] | None:
     """The attack whose rebuilt model agrees best with its target (None when no model was rebuilt)."""
-    rebuilt = [a for a in (audit or {}).get("attacks") or [] if a.get("rebuilt_top1") is not None]
+    rebuilt = [a for a in (audit or {}).get("attacks") or []
+               if a.get("rebuilt_top1") is not None and a.get("name") != "truncation"]  # truncation keeps the series
     return max(rebuilt, key=lambda a: a["rebuilt_top1"]) if rebuilt else None
 
 
@@ -169,6 +172,54 @@ def slowdown(record: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def three_slowdowns(record: dict[str, Any]) -> str:
+    """The three slowdowns side by side: as shipped, after truncation, after a knowledgeable rebuild.
+
+    From the audit's `truncation` attack (all three timed interleaved); without it, from `--slowdown`'s
+    choice at convert time (the rebuild is then not measured). Nothing is shown that was not measured.
+    """
+    attack = _truncation_attack(record)
+    chosen = record.get("slowdown") if isinstance(record.get("slowdown"), dict) else None
+    if attack is None and chosen is None:
+        return ("Against whom the slowdown holds: not measured (`unswift audit` with its `truncation` attack "
+                "times the release as shipped, after truncation, and after a knowledgeable rebuild).")
+    head = ["Against whom the slowdown holds (decode, batch one, each divided by the source's time per token):",
+            "", "| as shipped | after truncation | after a knowledgeable rebuild |", "| --- | --- | --- |"]
+    if attack is not None:
+        timing = attack.get("timing") or {}
+        audit = record.get("audit") or {}
+        where = f" on {audit['hardware']}" if audit.get("hardware") else ""
+        row = (f"| {times(attack.get('shipped_slowdown'))} | {times(attack.get('effective_slowdown'))} | "
+               f"{times(attack.get('rebuild_slowdown'))} |")
+        note = (
+            f"Measured{where} by {command_line(audit, 'unswift audit RELEASE --reference SOURCE')} on "
+            f"{timing.get('threads', 'an unrecorded number of')} thread(s), interleaved, context "
+            f"{timing.get('context', 'not recorded')}. After truncation: the release with every trailing series "
+            "term dropped that an attacker can drop while the next token stays the release's own on all but "
+            f"{percent(attack.get('top1_drop'))} of its text and the mean KL stays within "
+            f"{number(attack.get('kl_bound'))} nats per token ({percent(attack.get('kept_fraction'))} of the "
+            "series bytes kept); it needs no knowledge of the method. After a knowledgeable rebuild: the plain "
+            "MLPs the `kerckhoffs` attack recovered, timed the same way."
+        )
+    else:
+        row = f"| {times(chosen.get('measured'))} | {times(chosen.get('measured'))} | not measured |"
+        note = (
+            "Measured by `convert --slowdown` on the publishing machine: the release ships the orders its own "
+            "truncation search kept, so as shipped and after truncation are the same shapes; an attacker "
+            "truncating the shipped release again finds a little more to drop, which `unswift audit` measures, "
+            "with the knowledgeable rebuild."
+        )
+    return "\n".join([*head, row, "", note])
+
+
+def _truncation_attack(record: dict[str, Any]) -> dict[str, Any] | None:
+    """The audit's `truncation` entry, if the audit ran it."""
+    for attack in (record.get("audit") or {}).get("attacks") or []:
+        if isinstance(attack, dict) and attack.get("name") == "truncation":
+            return attack
+    return None
+
+
 def _by_conditions(entries: list[dict[str, Any]]) -> list[tuple[str, list[dict[str, Any]]]]:
     """Entries grouped by what they were measured on, each group described in words."""
     groups: dict[str, list[dict[str, Any]]] = {}
@@ -226,6 +277,8 @@ def protection(audit: dict[str, Any] | None) -> str:
 
 def _attack(attack: dict[str, Any]) -> str:
     """One attack in words: what its rebuilt model does first, then how much of the weights it recovered."""
+    if attack.get("name") == "truncation":
+        return _truncation(attack)
     rebuilt = attack.get("rebuilt_top1")
     against = "the release" if attack.get("rebuilt_compared_with") == "release" else "the source"
     units = attack.get("units_attacked")
@@ -245,6 +298,16 @@ def _attack(attack: dict[str, Any]) -> str:
         text += (f". It recovers {percent(exact)} of the protected MLP weights (overall relative error "
                  f"{number(attack.get('relative_error'))})")
     return text + "."
+
+
+def _truncation(attack: dict[str, Any]) -> str:
+    """The truncation attack in words: bytes and time it keeps, not weights it recovers."""
+    return (
+        f"**{_who(attack)}**, in {seconds(attack.get('seconds'))}: kept {percent(attack.get('kept_fraction'))} "
+        f"of the series bytes; the truncated release runs {times(attack.get('effective_slowdown'))} the source's "
+        f"decode time and picks the same next token as the source {percent(attack.get('rebuilt_top1'))} of the "
+        f"time (the release itself: {percent(attack.get('release_heldout_top1'))})."
+    )
 
 
 def _matches(matches: Any) -> str:

@@ -1,7 +1,8 @@
 """Calibration: per-channel statistics of every MLP's gate pre-activation, from text.
 
 Two passes over the calibration text with forward hooks: the first gathers min, max, mean and variance
-(float64, merged per batch with Chan's parallel formula) and the RMS of the up projection; the second
+(float64, merged per batch with Chan's parallel formula), the RMS of the up projection and each dense
+unit's output energy ||y||^2 (mean and median over tokens: the padding criterion's scale); the second
 fills a fixed-width histogram per channel over [min, max]. The last tenth of the sequences is held out
 and only counted: how often held-out activations fall outside the calibrated range.
 """
@@ -30,11 +31,13 @@ DEFAULT_BINS = 256
 
 
 @contextlib.contextmanager
-def _mlp_hooks(checkpoint: Checkpoint, model, sink: Callable[[int, torch.Tensor, torch.Tensor | None], None]
-               ) -> Iterator[None]:
-    """Call sink(unit, g, u) with the pre-activations every MLP unit sees; the hooks are always removed.
+def _mlp_hooks(checkpoint: Checkpoint, model, sink: Callable[[int, torch.Tensor, torch.Tensor | None], None],
+               out_sink: Callable[[int, torch.Tensor], None] | None = None) -> Iterator[None]:
+    """Call sink(unit, g, u) with the pre-activations every MLP unit sees, and out_sink(unit, y) with every
+    dense unit's output; the hooks are always removed.
 
-    A routed expert's unit only sees the tokens routed to it (see `Adapter.taps`).
+    A routed expert's unit only sees the tokens routed to it (see `Adapter.taps`); its output is not
+    tapped (the packed experts module returns the routed sum).
     """
     handles = []
     for module, tap in checkpoint.adapter.taps(model):
@@ -42,6 +45,12 @@ def _mlp_hooks(checkpoint: Checkpoint, model, sink: Callable[[int, torch.Tensor,
             for index, g, u in tap(module, args, kwargs):
                 sink(index, g.reshape(-1, g.shape[-1]), None if u is None else u.reshape(-1, u.shape[-1]))
         handles.append(module.register_forward_pre_hook(hook, with_kwargs=True))
+    if out_sink is not None:
+        for module, index in checkpoint.adapter.outputs(model):
+            def out_hook(_module, _args, result, index=index):
+                y = result[0] if isinstance(result, tuple) else result
+                out_sink(index, y.reshape(-1, y.shape[-1]))
+            handles.append(module.register_forward_hook(out_hook))
     try:
         yield
     finally:
@@ -166,6 +175,12 @@ def gather(checkpoint: Checkpoint, token_text: TokenText, *, model=None, device:
             found = torch.bincount(flat.flatten(), minlength=g.shape[1] * bins).view(-1, bins).double()
             counts[index] = found if counts[index] is None else counts[index] + found
 
+    energies: list[list[torch.Tensor]] = [[] for _ in units]  # per-token ||y||^2 of dense units (pass 1)
+
+    def out_sink(index: int, y: torch.Tensor) -> None:
+        if mode[0] == "moments":
+            energies[index].append(y.double().pow(2).sum(-1).cpu())
+
     def check_seen(indices) -> None:
         unseen = [units[i].name for i in indices if moments[i].count == 0]
         if unseen:
@@ -179,11 +194,11 @@ def gather(checkpoint: Checkpoint, token_text: TokenText, *, model=None, device:
         say(f"calibration, one decoder layer at a time, over {fit_ids.numel()} tokens "
             f"(+{held_ids.numel()} held out)")
         _layerwise(checkpoint, fit_ids, held_ids, batch_size=batch_size, device=device, mode=mode, sink=sink,
-                   check_seen=check_seen, progress=say)
+                   out_sink=out_sink, check_seen=check_seen, progress=say)
     else:
         first_device = _input_device(model)
         say(f"calibration pass 1/2 over {fit_ids.numel()} tokens")
-        with _mlp_hooks(checkpoint, model, sink):
+        with _mlp_hooks(checkpoint, model, sink, out_sink):
             mode[0] = "moments"
             for batch in _batches(fit_ids, batch_size):
                 model(input_ids=batch.to(first_device))
@@ -197,12 +212,15 @@ def gather(checkpoint: Checkpoint, token_text: TokenText, *, model=None, device:
                 model(input_ids=batch.to(first_device))
             mode[0] = "off"
     stats_layers = []
-    for m, c in zip(moments, counts, strict=True):
+    for m, c, e in zip(moments, counts, energies, strict=True):
         std = (m.m2 / max(m.count - 1, 1)).sqrt()
+        per_token = torch.cat(e) if e else None
         stats_layers.append(LayerStats(
             min=m.min.float().cpu(), max=m.max.float().cpu(), mean=m.mean.float().cpu(),
             std=std.float().cpu(), up_rms=(m.up_sq / m.count).sqrt().float().cpu(),
             counts=(c if c is not None else torch.zeros(m.mean.shape[0], bins, dtype=torch.float64)).float(),
+            out_energy=(None if per_token is None or per_token.numel() == 0
+                        else torch.stack([per_token.mean(), per_token.median()])),
         ))
     return Stats(
         layers=stats_layers, tokens=int(fit_ids.numel()), seed=seed, source=token_text.source,
@@ -329,7 +347,7 @@ class _Catcher(torch.nn.Module):
 
 
 def _layerwise(checkpoint: Checkpoint, fit_ids: torch.Tensor, held_ids: torch.Tensor, *, batch_size: int,
-               device: str, mode: list[str], sink, check_seen, progress) -> None:
+               device: str, mode: list[str], sink, out_sink, check_seen, progress) -> None:
     """Run the calibration passes one decoder layer at a time, reading each layer from the checkpoint.
 
     The model's own forward runs once per batch with every decoder layer replaced by a stand-in that
@@ -372,7 +390,7 @@ def _layerwise(checkpoint: Checkpoint, fit_ids: torch.Tensor, held_ids: torch.Te
         _materialise(model, layer, {name: checkpoint.tensor(f"{prefix}{i}.{name}").float()
                                     for name in layer.state_dict()}, strict=True)
         layer.to(device)
-        with _mlp_hooks(checkpoint, model, sink):
+        with _mlp_hooks(checkpoint, model, sink, out_sink):
             outputs = []
             for (kind, _), state, args in zip(batches, states, arguments, strict=True):
                 mode[0] = "moments" if kind == "fit" else "off"

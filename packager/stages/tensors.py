@@ -21,6 +21,7 @@ from packager.maths.transform import (
     SourceMLP,
     allocation_orders,
     assemble,
+    release_orders,
     secret_id,
     unit_groups,
 )
@@ -70,7 +71,9 @@ def release_spec(checkpoint: Checkpoint, stats: Stats, options: ConvertOptions, 
     """config.json["unswift"]: every parameter of the transform (the one source of truth)."""
     adapter = checkpoint.adapter
     hidden_act = adapter.activation_name(checkpoint.config)
-    expanded = sum(int(m.sum()) for m in masks)
+    orders = [release_orders(plan, mask, None if boosts is None else boosts[i])[1]
+              for i, (plan, mask) in enumerate(zip(plans, masks, strict=True))]
+    expanded = sum(int((o >= 0).sum()) for o in orders)
     total = sum(m.numel() for m in masks)
     fit = plans[0].fit
     units = mlp_units(checkpoint)
@@ -83,7 +86,8 @@ def release_spec(checkpoint: Checkpoint, stats: Stats, options: ConvertOptions, 
         "hidden_act": hidden_act,
         "activation": get_activation(hidden_act).name,
         "gated": adapter.gated,
-        "order": options.order,
+        "order": max([int(o.max()) for o in orders if o.numel()] + [0]),
+        "requested_order": options.order,
         "basis": fit.basis,
         "extrapolation": fit.extrapolation,
         "fit": options.fit,
@@ -91,10 +95,11 @@ def release_spec(checkpoint: Checkpoint, stats: Stats, options: ConvertOptions, 
         "coverage": expanded / total,
         "requested_coverage": "auto" if options.coverage is None else options.coverage,
         "min_top1": options.min_top1,
-        "layers": [{"unit": unit.name, "intermediate": int(m.numel()), "expanded": int(m.sum()),
-                    **_groups(m, None if boosts is None else boosts[i], options.order)}
-                   for i, (unit, m) in enumerate(zip(units, masks, strict=True))],
+        "layers": [{"unit": unit.name, "intermediate": int(m.numel()), "expanded": int((o >= 0).sum()),
+                    "groups": _groups(o)}
+                   for unit, m, o in zip(units, masks, orders, strict=True)],
         "allocation": _allocation(options, boosts, masks),
+        "padding": _padding(plans, masks, orders),
         "experts": adapter.runtime_spec(),
         "out_bias": has_down_bias,
         "hardening": {"enabled": options.hardening, **options.hardening_scheme.to_json(),
@@ -105,13 +110,22 @@ def release_spec(checkpoint: Checkpoint, stats: Stats, options: ConvertOptions, 
     }
 
 
-def _groups(mask: torch.Tensor, boosted: torch.Tensor | None, order: int) -> dict:
-    """The unit's channel groups (base order, boost order), in release order; nothing when uniform."""
-    if boosted is None:
-        return {}
-    base, boost = allocation_orders(order)
-    return {"groups": [{"channels": int((mask & ~boosted).sum()), "order": base},
-                       {"channels": int(boosted.sum()), "order": boost}]}
+def _groups(orders: torch.Tensor) -> list[dict]:
+    """The unit's channel groups, one per series order (ascending), in release order."""
+    distinct = sorted(set(int(o) for o in orders.tolist() if o >= 0))
+    return [{"channels": int((orders == order).sum()), "order": order} for order in distinct]
+
+
+def _padding(plans: list[LayerPlan], masks: list[torch.Tensor], orders: list[torch.Tensor]) -> dict:
+    """What the padding criterion did to the release (docs/FORMAT.md, "No padding")."""
+    from packager.maths import padding
+
+    sources = sorted({plan.out_energy_source for plan in plans})
+    return {"criterion": "E||theta_c phi_c||^2 > u^2 E||y||^2 / C_U, u = 2^-24 (float32), on the calibration "
+                         f"statistics, with a margin of {padding.MARGIN:g}x in energy",
+            "unit_output_energy": sources[0] if len(sources) == 1 else sources,
+            "plaintext_channels_added": sum(int((m & (o < 0)).sum()) for m, o in zip(masks, orders, strict=True)),
+            "max_groups": padding.MAX_GROUPS, "group_cost_columns": padding.RELEASE_GROUP_COST}
 
 
 def _allocation(options: ConvertOptions, boosts: list[torch.Tensor] | None, masks: list[torch.Tensor]) -> dict:

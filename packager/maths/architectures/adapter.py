@@ -234,6 +234,12 @@ class Adapter:
             taps.append((module, _routed_tap([(u.expert, u.index) for u in members])))
         return taps
 
+    def outputs(self, model: nn.Module) -> list[tuple[nn.Module, int]]:
+        """(module, unit index) of every dense unit (dense MLP, shared expert): its forward output is the
+        unit's output y. Routed experts are left out: their packed module returns the routed sum."""
+        return [(_submodule(model, unit.name, self.family), unit.index)
+                for unit in self.units(model.config) if unit.expert is None]
+
     def _dense_tap(self, index: int) -> Tap:
         def tap(module: nn.Module, args: tuple, kwargs: dict):
             x = args[0] if args else next(iter(kwargs.values()))  # an MLP takes one input, x

@@ -69,7 +69,8 @@ def audit(
         secret_file: the release secret (else `UNSWIFT_SECRET`); only checked against `secret_id`, never
             given to an attack.
         max_recovered: raise `CheckFailed` if an attack recovers a larger fraction (needs `reference`).
-        attacks: which attacks to run, of `coefficient_ratio`, `kerckhoffs`, `learning`.
+        attacks: which attacks to run, of `coefficient_ratio`, `kerckhoffs`, `learning`, `truncation`
+            (always run last: it times the kerckhoffs rebuild).
         learning: the learning attack's budget (its `tokens` also size the attacker's text).
         kerckhoffs_data: give the `kerckhoffs` attacker MLP inputs recorded on its own text (it then
             refits with their histogram); by default it uses no data at all.
@@ -137,6 +138,12 @@ def audit(
                      "the released bias); this family's MLPs have biases, so its figures understate what a "
                      "knowledgeable attacker recovers")
     bench.learning_units = list(budget.layers) if budget.layers is not None else [len(bench.units) // 2]
+    bench.release_top1 = release_top1
+    bench.checkpoint = checkpoint
+    if "truncation" in attacks:
+        attacks = [name for name in attacks if name != "truncation"] + ["truncation"]  # after kerckhoffs
+        if "kerckhoffs" not in attacks:
+            notes.append("truncation without kerckhoffs: the knowledgeable rebuild is not timed")
     if "learning" in attacks or (kerckhoffs_data and "kerckhoffs" in attacks):
         say(f"attacker data: running the release on up to {budget.tokens} tokens of the attacker's text")
         start = time.perf_counter()
@@ -148,6 +155,13 @@ def audit(
     results = []
     for name in attacks:
         say(f"attack {name}")
+        if name == "truncation":
+            result = _run_truncation(release, bench, progress=progress)
+            results.append(result)
+            say(f"  truncation: Θ kept {result.extra['kept_fraction']:.3f}, effective slowdown "
+                f"{_fmt(result.extra['effective_slowdown'])}, top-1 {result.rebuilt_top1:.4f} vs the "
+                f"{bench.compared_with}")
+            continue
         result = _run_attack(name, release, bench, kerckhoffs_data=kerckhoffs_data)
         results.append(result)
         say(f"  {name}: recovered {_fmt(result.recovered_fraction)}, relative error "
@@ -205,6 +219,53 @@ class _Bench:
     learning_units: list[int] = field(default_factory=list)
     io: dict = field(default_factory=dict)
     data: dict | None = None
+    release_top1: float | None = None
+    checkpoint: object = None
+    #: the kerckhoffs attack's recovered MLPs (the knowledgeable rebuild the truncation attack times)
+    rebuilt: dict[int, RecoveredMLP] | None = None
+
+
+def _run_truncation(release: ReleaseFiles, bench: _Bench, *, progress: Progress) -> AttackResult:
+    """The truncation attack (`packager.stages.audit.truncation`) and its figures on held-out text."""
+    from packager.stages.audit import truncation
+    from packager.stages.audit.texts import attacker_text
+    from packager.stages.bench import DEFAULT_CONTEXT
+    from packager.stages.evaluate import compare_to_logits, reference_logits
+
+    model = bench.model
+    ids = attacker_text(release, model, bench.budget.tokens)
+    release_logits = reference_logits(model, bench.ids, batch_size=1)
+
+    def check() -> tuple[bool, dict]:
+        to_target = compare_to_logits(bench.target, model, bench.ids, batch_size=1)
+        to_release = compare_to_logits(release_logits, model, bench.ids, batch_size=1)
+        # 0.001 of a few hundred held-out tokens is less than one token: one token of slack is the resolution
+        slack = max(truncation.TOP1_DROP, 1.0 / max(bench.ids[:, 1:].numel(), 1))
+        floor = (bench.release_top1 if bench.release_top1 is not None else 1.0) - slack
+        ok = to_target.top1_agreement >= floor and to_release.kl_mean <= truncation.KL_BOUND
+        return ok, {"heldout_top1": to_target.top1_agreement, "heldout_kl_vs_release": to_release.kl_mean}
+
+    source = None
+    if bench.checkpoint is not None:
+        source = bench.checkpoint.load_model(next(model.parameters()).dtype)
+    start = time.perf_counter()
+    figures = truncation.run(model, bench.units, lambda i: released_mlp(release, i), release.spec, ids, check=check,
+                             rebuilt=bench.rebuilt,
+                             activation=bench.activation, source=source, context=DEFAULT_CONTEXT,
+                             progress=progress)
+    seconds = time.perf_counter() - start
+    del source
+    modules = figures.pop("_modules")
+    originals = truncation.swap(model, bench.units, modules)
+    try:
+        top1 = compare_to_logits(bench.target, model, bench.ids, batch_size=1).top1_agreement
+    finally:
+        truncation.swap(model, bench.units, originals)
+    figures["heldout_top1"] = top1
+    figures["release_heldout_top1"] = bench.release_top1
+    return AttackResult(name="truncation", recovered_fraction=None, relative_error=None, seconds=round(seconds, 3),
+                        rebuilt_top1=top1, rebuilt_compared_with=bench.compared_with, units_attacked=len(bench.units),
+                        extra=figures)
 
 
 def _run_attack(name: str, release: ReleaseFiles, bench: _Bench, *, kerckhoffs_data: bool) -> AttackResult:
@@ -227,6 +288,8 @@ def _run_attack(name: str, release: ReleaseFiles, bench: _Bench, *, kerckhoffs_d
             recovered[i] = learning_attack.recover(released, x, y, steps=bench.budget.steps, lr=bench.budget.lr,
                                                    seed=bench.budget.seed)
     seconds = time.perf_counter() - start
+    if name == "kerckhoffs":
+        bench.rebuilt = recovered
     tally = Tally()
     if bench.sources is not None:
         for i, out in recovered.items():

@@ -19,6 +19,8 @@ HELDOUT_TOKENS = 384
 ATTACKER_SEED = 2000
 #: Length of the attacker's sampled sequences (short: sampling is the slow part on a CPU).
 ATTACKER_SEQ_LEN = 64
+#: Length of the sequences the truncation attacker samples from the release.
+TRUNCATION_SEQ_LEN = 256
 #: Files whose presence means the release ships a tokenizer.
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json")
 
@@ -51,6 +53,16 @@ def attacker_ids(release: ReleaseFiles, model, tokens: int) -> tuple[torch.Tenso
         return text.ids, text.source
     prompts = builtin_prompts("calibration") + builtin_prompts("greedy")
     return _prompt_ids(tokenizer, prompts, tokens), "built-in calibration and greedy prompts"
+
+
+@torch.no_grad()
+def attacker_text(release: ReleaseFiles, model, tokens: int) -> torch.Tensor:
+    """Text the attacker samples from the release it holds (greedy prompt set, its own seed, sequences of
+    `TRUNCATION_SEQ_LEN`): as many tokens as asked, unlike the built-in prompts alone (a few hundred)."""
+    from packager.stages.text import sample_text
+
+    return sample_text(model, _tokenizer(release), kind="greedy", tokens=tokens, seq_len=TRUNCATION_SEQ_LEN,
+                       seed=ATTACKER_SEED).ids
 
 
 def _prompt_ids(tokenizer, prompts: list[str], tokens: int) -> torch.Tensor:

@@ -2,7 +2,7 @@
 
     fits.py      fit every channel (the per-channel series and the error each would add)
     coverage.py  `--coverage auto`: the largest coverage whose measured top-1 agreement meets --min-top1
-    slowdown.py  `--slowdown X`: order and coverage reaching a measured decode slowdown, best fidelity first
+    slowdown.py  `--slowdown X`: coverage and per-channel orders whose slowdown after truncation is X
     measure.py   what those two measure on the source model in memory (decode time, fidelity)
     dry_run.py   `--dry-run`: the plan's figures from the checkpoint's headers alone
 
@@ -54,10 +54,11 @@ def resolve(checkpoint: Checkpoint, model, stats: Stats, options: ConvertOptions
     from packager.stages.plan.slowdown import resolve_slowdown
 
     say = reporter(progress)
-    options, plans, slowdown = resolve_slowdown(checkpoint, model, stats, options, progress=progress)
-    if plans is None:
-        say(f"fitting order-{options.order} {options.fit} series for {checkpoint.num_layers} layers")
-        plans = plan_layers(checkpoint, stats, options)
+    options, plans, masks, slowdown = resolve_slowdown(checkpoint, model, stats, options, progress=progress)
+    if plans is not None:
+        return Plan(options, plans, masks, [], slowdown)
+    say(f"fitting order-{options.order} {options.fit} series for {checkpoint.num_layers} layers")
+    plans = plan_layers(checkpoint, stats, options)
     trials: list[dict] = []
     coverage = options.coverage
     if coverage is None:

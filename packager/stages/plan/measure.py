@@ -3,6 +3,12 @@
 Timing swaps in runtime `TaylorMLP`s of the candidate's shapes (their values do not change the time) and
 decodes interleaved with the source; fidelity swaps in MLPs that compute the candidate's series from
 its fits, without the (N+1)-fold matrix. Both put the source's modules back afterwards.
+
+When the whole candidate's modules would not fit beside the model (a large model, or a large slowdown:
+15 GB for `--slowdown 8` on a 135M model), the candidate is timed a few decoder layers at a time
+(`measure_slowdown_by_chunks`): only one chunk's modules exist at once, each chunk is timed against the
+source in whole-model decode steps, and the release's step is the source's plus every chunk's extra
+time. A measurement still, not the bytes model's estimate.
 """
 
 from __future__ import annotations
@@ -56,19 +62,26 @@ def release_fits(plans: list[LayerPlan], masks: list[torch.Tensor], order: int) 
 # -- timing ---------------------------------------------------------------------------------------
 
 
-def _timing_modules(model, checkpoint: Checkpoint, sizer: ReleaseSizer, order: int, expanded: list[int]
-                    ) -> list[nn.Module]:
-    """Runtime TaylorMLPs with the release's shapes and harmless constant values (time is all that counts)."""
+def _timing_modules(model, checkpoint: Checkpoint, sizer: ReleaseSizer, order: int, expanded: list[int] | None,
+                    layers: list[dict] | None = None, only: range | None = None) -> list[nn.Module]:
+    """Runtime TaylorMLPs with the release's shapes and harmless constant values (time is all that counts).
+
+    Shapes: `expanded` channels per unit at one `order`, or `layers` (config "layers" entries with groups).
+    `only`: build the units in this range alone (the others are None).
+    """
     from packager.runtime.modeling_unswift import TaylorMLP
 
     parameter = next(model.parameters())
+    if layers is None:
+        layers = [{"intermediate": u.intermediate, "expanded": e} for u, e in zip(sizer.units, expanded, strict=True)]
     spec = {"gated": sizer.gated, "order": order, "basis": "chebyshev", "extrapolation": "linear",
             "hidden_act": checkpoint.adapter.activation_name(checkpoint.config),
-            "out_bias": any(u.down_bias for u in sizer.units),
-            "layers": [{"intermediate": u.intermediate, "expanded": e} for u, e in zip(sizer.units, expanded,
-                                                                                       strict=True)]}
-    modules = []
+            "out_bias": any(u.down_bias for u in sizer.units), "layers": layers}
+    modules: list[nn.Module | None] = []
     for index, unit in enumerate(sizer.units):
+        if only is not None and index not in only:
+            modules.append(None)
+            continue
         mlp = TaylorMLP(types.SimpleNamespace(unswift=spec, hidden_size=unit.hidden), index)
         with torch.no_grad():
             for name, tensor in mlp.named_parameters():
@@ -77,11 +90,12 @@ def _timing_modules(model, checkpoint: Checkpoint, sizer: ReleaseSizer, order: i
     return modules
 
 
-def measure_slowdown(model, checkpoint: Checkpoint, sizer: ReleaseSizer, order: int, expanded: list[int], *,
-                     context: int, steps: int = TIMING_STEPS, warmup: int = TIMING_WARMUP) -> float:
+def measure_slowdown(model, checkpoint: Checkpoint, sizer: ReleaseSizer, order: int, expanded: list[int] | None, *,
+                     context: int, steps: int = TIMING_STEPS, warmup: int = TIMING_WARMUP,
+                     layers: list[dict] | None = None) -> float:
     """Measured decode slowdown (batch 1) of a release of these shapes, against the model as it is."""
     original = MlpSet(model, checkpoint.adapter)
-    release = MlpSet(model, checkpoint.adapter, _timing_modules(model, checkpoint, sizer, order, expanded))
+    release = MlpSet(model, checkpoint.adapter, _timing_modules(model, checkpoint, sizer, order, expanded, layers))
     device = str(next(model.parameters()).device)
     try:
         ref, rel = measure_decode([Contender(model, original.install), Contender(model, release.install)],
@@ -91,6 +105,67 @@ def measure_slowdown(model, checkpoint: Checkpoint, sizer: ReleaseSizer, order: 
         original.install()
     return rel / ref
 
+
+def measure_slowdown_by_chunks(model, checkpoint: Checkpoint, sizer: ReleaseSizer, order: int,
+                               expanded: list[int] | None, *, context: int, room: int, steps: int = TIMING_STEPS,
+                               warmup: int = TIMING_WARMUP, layers: list[dict] | None = None) -> tuple[float, int]:
+    """Measured decode slowdown of a candidate too large to hold at once, timed chunk by chunk.
+
+    Consecutive decoder layers are grouped so that one chunk's timing modules take at most `room` bytes;
+    each chunk replaces only its layers and is timed against the source, interleaved, in whole-model
+    decode steps. The release's step time is taken as the source's plus the sum of the chunks' extra
+    times (MLPs run one after another, so their extra times add).
+
+    Returns:
+        (slowdown, number of chunks timed).
+
+    Raises:
+        NoRoom: a single layer's modules are larger than `room`.
+    """
+    per_unit = unit_timing_bytes(model, sizer, order, expanded, layers)
+    chunks: list[range] = []
+    start, used = 0, 0
+    for index, size in enumerate(per_unit):
+        if size > room:
+            raise NoRoom(f"layer {index}'s timing modules need {size / 1e9:.2f} GB, more than {room / 1e9:.2f} GB")
+        if used + size > room:
+            chunks.append(range(start, index))
+            start, used = index, 0
+        used += size
+    chunks.append(range(start, len(per_unit)))
+    original = MlpSet(model, checkpoint.adapter)
+    device = str(next(model.parameters()).device)
+    source_times, extra = [], 0.0
+    try:
+        for chunk in chunks:
+            built = _timing_modules(model, checkpoint, sizer, order, expanded, layers, only=chunk)
+            modules = [mine if mine is not None else theirs for mine, theirs in zip(built, original.modules,
+                                                                                  strict=True)]
+            candidate = MlpSet(model, checkpoint.adapter, modules)
+            ref, rel = measure_decode([Contender(model, original.install), Contender(model, candidate.install)],
+                                      vocab=int(model.config.vocab_size), device=device, batch=1, context=context,
+                                      steps=steps, warmup=warmup)
+            original.install()
+            source_times.append(ref)
+            extra += rel - ref
+            del built, modules, candidate
+    finally:
+        original.install()
+    source = sorted(source_times)[len(source_times) // 2]
+    return (source + extra) / source, len(chunks)
+
+
+def unit_timing_bytes(model, sizer: ReleaseSizer, order: int, expanded: list[int] | None,
+                      layers: list[dict] | None = None) -> list[int]:
+    """Bytes of each unit's timing modules at the model's dtype, in decoder-layer order."""
+    size = next(model.parameters()).element_size()
+    tensors = sizer.layer_tensors(layers) if layers is not None else sizer.tensors(order, expanded)
+    return [sum(spec.numel * size for name, spec in tensors.items()
+                if name.startswith(unit.prefix) and name.endswith(_TIMED)) for unit in sizer.units]
+
+
+#: The tensors a timing module allocates.
+_TIMED = ("in_proj.weight", "in_proj.bias", "theta", "out_bias")
 
 #: Timing modules may take this share of the memory available (the rest: activations, the allocator).
 ROOM_SHARE = 0.8
@@ -114,13 +189,11 @@ def available_memory(device: torch.device) -> int:
     return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
-def timing_memory(model, sizer: ReleaseSizer, order: int, expanded: list[int]) -> tuple[int, int]:
+def timing_memory(model, sizer: ReleaseSizer, order: int, expanded: list[int] | None,
+                  layers: list[dict] | None = None) -> tuple[int, int]:
     """(bytes the timing modules of this release need at the model's dtype, bytes available on its device)."""
-    parameter = next(model.parameters())
-    size = parameter.element_size()
-    needed = sum(spec.numel * size for name, spec in sizer.tensors(order, expanded).items()
-                 if name.endswith(("in_proj.weight", "in_proj.bias", "theta", "out_bias")))
-    return needed, available_memory(parameter.device)
+    needed = sum(unit_timing_bytes(model, sizer, order, expanded, layers))
+    return needed, available_memory(next(model.parameters()).device)
 
 
 # -- fidelity -------------------------------------------------------------------------------------

@@ -1,28 +1,34 @@
-"""`--slowdown X`: the series order and coverage whose measured decode slowdown is X, best fidelity first.
+"""`--slowdown X`: a release whose measured decode slowdown *after the audit's truncation* is X.
 
-1. The bytes model (`packager.maths.sizing`) gives, for each order N, the coverage at which a release reads
-   X times the source's bytes per decoded token (a non-integer N is met by a coverage below 1).
-2. The publishing machine corrects it: the source model decodes interleaved with itself carrying runtime
-   `TaylorMLP`s of a candidate's shapes (their values do not change the time), and the bytes target is
-   moved by the secant rule until the measured decode slowdown is X within `TOLERANCE`.
-3. Candidates reaching the corrected target: the lowest order that can (highest coverage) and a few
-   higher orders at lower coverage, never below `MIN_COVERAGE`.
-4. The fidelity of each is measured in memory on held-out text against the source's logits. Each MLP
-   computes exactly the release's function (the fitted series on expanded channels, the activation on
-   the others; hardening changes no value) without the (N+1)-fold matrix, so a candidate costs one
-   forward pass of source size; float32 rounding apart it is what the release computes.
-5. The best candidate (top-1 agreement, then KL, then coverage) is timed again; a miss beyond the
-   tolerance corrects its coverage (at most twice, its fidelity measured again each time).
-6. A timing holds the model and a full set of the candidate's TaylorMLPs in memory; when they would
-   not fit (`ROOM_SHARE` of what the device has free), timing stops and the choice rests on the bytes
-   model and the timings already taken, which the record's `note` says.
+What a release enforces against anyone who does not rebuild the weights is the slowdown that remains
+once the trailing terms that change nothing visible are dropped (`packager.stages.audit.truncation`).
+So `--slowdown` is defined as that figure, measured, and the release ships what the truncation keeps:
 
-Mixture-of-experts checkpoints are refused for now (the in-memory fidelity path handles dense MLPs).
+1. Every channel is fitted at `FIT_ORDER` (the sub-binned fit above degree 32 where needed) and capped at
+   its padding-free order M_j (`packager.maths.padding`): the richest release without padding. Its
+   bytes-model slowdown is a hard ceiling (`padding_ceiling`); a request above it is refused (exit 2)
+   before any model is loaded. `--dry-run` reports it from the statistics.
+2. The truncation search runs in memory on that full-coverage candidate, on text the source samples
+   (greedy prompts, a seed of its own): the attacker's evaluator built from the fits (no Θ), the same
+   bisection to self top-1 >= 0.999 and KL <= 1e-3. Its kept orders, timed with runtime modules of their
+   shapes interleaved with the source, give X_max, the largest honest slowdown; a request above
+   X_max (1 + TOLERANCE) exits 2 naming it.
+3. Below X_max, coverage is lowered (the channels of largest fit error go plaintext first, as
+   `select_channels` ranks them) with the same λ, by the secant rule on measured after-truncation
+   timings, until within TOLERANCE; the search is then run again on the chosen candidate (fewer channels
+   leave the attacker more room) and its kept orders timed. Coverage first: every expanded channel costs
+   its kept terms, plaintext costs one column.
+4. The release ships the kept orders (rounded up into groups, never above M_j). An attacker truncating
+   the shipped release again finds a little more to drop (its tolerance is relative to the release it
+   holds); the audit's `truncation` figure on the written release is the check.
+
+Mixture-of-experts checkpoints are refused for now.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -31,270 +37,72 @@ from packager.devices import hardware_name
 from packager.errors import UsageError
 from packager.formats.checkpoint import Checkpoint
 from packager.formats.stats import Stats
-from packager.maths.series.fit import CHEBYSHEV_FIT_LIMIT
 from packager.maths.sizing import ReleaseSizer
-from packager.maths.transform import LayerPlan, select_channels
+from packager.maths.transform import LayerPlan, release_orders, select_channels
 from packager.progress import Progress, reporter
 from packager.stages.bench import DEFAULT_CONTEXT, clock_for
-from packager.stages.evaluate import reference_logits
-from packager.stages.options import MAX_ORDER
 from packager.stages.plan.fits import plan_layers
 from packager.stages.plan.measure import (
     ROOM_SHARE,
     NoRoom,
-    measure_fidelity,
     measure_slowdown,
-    pad,
+    measure_slowdown_by_chunks,
     timing_memory,
 )
 
-#: Measured slowdown within this relative distance of the request ends the search.
-TOLERANCE = 0.04
-MAX_TIMINGS = 4
-FINAL_ADJUSTMENTS = 2
-#: A final measurement this far below the request means the machine cannot show it: refuse.
-UNREACHABLE = 0.10
-#: Candidates never expand fewer channels than this (the paper's releases expand 56-70 %).
-MIN_COVERAGE = 0.5
-CANDIDATES = 3
-SELECTION_TOKENS = 2048
-SELECTION_SEQ_LEN = 256
-SELECTION_SEED_OFFSET = 600
+#: Order every channel is fitted at before the padding cap (demo model: padding-free orders 13 / 17 / 24 /
+#: 36 at the 10th / 50th / 90th / 99th percentile).
+FIT_ORDER = 48
+#: A measured after-truncation slowdown within this relative distance of the request ends the search.
+TOLERANCE = 0.05
+MAX_TIMINGS = 5
+SEARCH_TOKENS = 2048
+SEARCH_SEQ_LEN = 256
+SEARCH_SEED_OFFSET = 600
 
 
-@dataclass(frozen=True)
+@dataclass
 class SlowdownChoice:
-    """The (order, coverage) chosen for a requested slowdown, and the evidence (unswift.json "slowdown")."""
+    """What `--slowdown` chose and the evidence (unswift.json "slowdown")."""
 
     requested: float
-    order: int
     coverage: float
-    predicted: float
-    measured: float | None
+    largest: float | None  # X_max: measured after-truncation slowdown at full coverage
+    measured: float | None  # measured after-truncation slowdown of the shipped shapes
+    predicted: float  # bytes model of the shipped shapes
+    padding_ceiling: float
+    largest_measured: bool  # False: X_max is the bytes model's (no room to time it)
+    log_lambda: float | None
+    self_top1: float | None
+    self_kl: float | None
     fidelity: dict | None
     device: str
     dtype: str
     context: int
     hardware: str
     threads: int
-    clock: str = "wall"
-    candidates: list[dict] = field(default_factory=list)
+    clock: str
     timings: list[dict] = field(default_factory=list)
-    note: str | None = None  # why the choice was not (fully) measured, when it was not
+    trials: list[dict] = field(default_factory=list)
+    note: str | None = None
     plans: list[LayerPlan] = field(default_factory=list, repr=False)
+    masks: list[torch.Tensor] = field(default_factory=list, repr=False)
 
     def to_json(self) -> dict:
         out = dataclasses.asdict(self)
         out.pop("plans")
-        out["method"] = ("bytes model refined by interleaved decode timing on this machine; fidelity on "
-                         "held-out text, series evaluated without the (N+1)-fold matrix")
+        out.pop("masks")
+        out["slowdowns"] = {
+            "shipped": self.measured, "after_truncation": self.measured, "rebuild": None,
+            "note": "measured at convert time: the release ships the orders its truncation search kept, so as "
+                    "shipped and after truncation are the same shapes; `unswift audit` (truncation attack) "
+                    "truncates the written release again and times it beside the knowledgeable rebuild"}
+        out["definition"] = ("decode slowdown after the audit's truncation attack (trailing series terms "
+                             "dropped while top-1 agreement with the release stays >= 0.999 and KL <= 1e-3)")
+        out["method"] = ("per-channel orders up to the padding-free order; truncation search on the source's "
+                         "own text; kept orders timed with runtime modules of their shapes, interleaved with "
+                         "the source on this machine; coverage by the secant rule")
         return out
-
-
-def _plans(checkpoint: Checkpoint, stats: Stats, options, order: int, cache: dict) -> list[LayerPlan]:
-    """Plans at `order` (cached). Weighted fits stop at `CHEBYSHEV_FIT_LIMIT`: above it every order's
-    plan is the limit's with zero coefficients appended, and the order allocation has nothing to gain."""
-    if order not in cache:
-        if options.fit == "weighted" and order > CHEBYSHEV_FIT_LIMIT:
-            if "limit" not in cache:
-                limit = dataclasses.replace(options, order=CHEBYSHEV_FIT_LIMIT, allocation="uniform")
-                cache["limit"] = plan_layers(checkpoint, stats, limit)
-            cache[order] = [LayerPlan(pad(plan.fit, order), plan.score, plan.width) for plan in cache["limit"]]
-        else:
-            cache[order] = plan_layers(checkpoint, stats, dataclasses.replace(options, order=order))
-    return cache[order]
-
-
-def _counts(masks: list[torch.Tensor]) -> list[int]:
-    return [int(m.sum()) for m in masks]
-
-
-def _exact_coverage(sizer: ReleaseSizer, plans: list[LayerPlan], fit: str, order: int, target: float,
-                    context: int) -> float | None:
-    """The coverage whose actual channel selection predicts `target` at `order` (None if out of reach)."""
-    return sizer.coverage_for(target, order, context=context,
-                              expanded_for=lambda c: _counts(select_channels(plans, c, fit)))
-
-
-def candidate_orders(sizer: ReleaseSizer, target: float, *, context: int, max_order: int,
-                     count: int = CANDIDATES, min_coverage: float = MIN_COVERAGE) -> list[tuple[int, float]]:
-    """(order, coverage) pairs the bytes model says reach `target`: the lowest order, then higher ones.
-
-    Raises:
-        UsageError: no allowed order reaches `target` even at full coverage.
-    """
-    reachable: dict[int, float] = {}
-    for order in range(1, max_order + 1):
-        coverage = sizer.coverage_for(target, order, context=context)
-        if coverage is None:
-            continue
-        if reachable and coverage < min_coverage:
-            break
-        reachable[order] = coverage
-    if not reachable:
-        raise UsageError(
-            f"--slowdown {target:g} is beyond this model: at order {max_order} and full coverage a release "
-            f"reads {sizer.reach(max_order, context=context):.2f}x the source's bytes per decoded token",
-            hint="ask for a smaller --slowdown")
-    usable = {n: c for n, c in reachable.items() if c >= min_coverage} or dict([next(iter(reachable.items()))])
-    top = max(usable.values())
-    goals = [top - (top - min_coverage) * i / max(count - 1, 1) for i in range(count)]
-    chosen: dict[int, float] = {}
-    for goal in goals:
-        order = min(usable, key=lambda n: abs(usable[n] - goal))
-        chosen[order] = usable[order]
-    return sorted(chosen.items())
-
-
-# -- the choice -----------------------------------------------------------------------------------
-
-
-def _secant(points: list[tuple[float, float]], goal: float, ceiling: float) -> float:
-    """Next bytes target from (predicted, measured) points.
-
-    The secant through the last point and the latest one at least 25 % of bytes away from it; without
-    one (or when noise makes the secant flat), the line through the last point and (1, 1), which is
-    what a release reading the source's bytes measures. Close points are not used: timing noise of a
-    few percent would swing a secant between them wildly.
-    """
-    p1, m1 = points[-1]
-    p0, m0 = next(((p, m) for p, m in reversed(points[:-1]) if abs(p - p1) >= 0.25 * p1), (1.0, 1.0))
-    slope = (m1 - m0) / (p1 - p0) if p1 != p0 else 0.0
-    if slope <= 1e-3:
-        slope = max((m1 - 1.0) / max(p1 - 1.0, 1e-6), 1e-3)
-    return min(max(p1 + (goal - m1) / slope, 1.0 + 1e-3), ceiling)
-
-
-def choose_slowdown(
-    checkpoint: Checkpoint, model, stats: Stats, options, *, dtype: str = "float32",
-    context: int = DEFAULT_CONTEXT, max_order: int | None = None, tokens: int = SELECTION_TOKENS,
-    measure: bool = True, progress: Progress = None,
-) -> SlowdownChoice:
-    """Choose order and coverage for a requested decode slowdown (see the module docstring).
-
-    Args:
-        checkpoint: the source.
-        model: the source model loaded (float32), or None to use the bytes model alone (no timing,
-            no fidelity: the highest-coverage candidate is taken).
-        stats: its calibration.
-        options: the convert options; `options.slowdown` is the decode slowdown wanted (batch 1,
-            `context` tokens of KV cache); fit, allocation and hardening are those of the release.
-        dtype: the release's dtype (the bytes model's runtime dtype).
-
-    Raises:
-        UsageError: the slowdown is out of reach, or the checkpoint is a mixture of experts.
-    """
-    say = reporter(progress)
-    max_order = max_order or MAX_ORDER
-    slowdown, fit = float(options.slowdown), options.fit
-    check_supported(checkpoint)
-    sizer = ReleaseSizer(checkpoint, dtype=dtype)
-    cache: dict = {}
-    plans_for = lambda n: _plans(checkpoint, stats, options, n, cache)  # noqa: E731
-    timings: list[dict] = []
-    device = str(next(model.parameters()).device) if model is not None else "cpu"
-
-    def timed(order: int, expanded: list[int]) -> float:
-        needed, available = timing_memory(model, sizer, order, expanded)
-        if needed > ROOM_SHARE * available:
-            raise NoRoom(f"timing order {order} at coverage {sum(expanded) / sizer.channels:.2f} needs "
-                          f"{needed / 1e9:.1f} GB beside the model and {available / 1e9:.1f} GB are available")
-        predicted = sizer.predicted(order, expanded, context=context)
-        measured = measure_slowdown(model, checkpoint, sizer, order, expanded, context=context)
-        timings.append({"order": order, "coverage": sum(expanded) / sizer.channels, "predicted": predicted,
-                        "measured": measured})
-        say(f"  order {order}, coverage {sum(expanded) / sizer.channels:.3f}: bytes model {predicted:.2f}x, "
-            f"measured {measured:.2f}x")
-        return measured
-
-    target = slowdown
-    ceiling = sizer.reach(max_order, context=context)
-    points = [(1.0, 1.0)]  # (predicted, measured): a release that reads the source's bytes runs at its speed
-    note = None
-    if model is not None and measure:
-        say(f"--slowdown {slowdown:g}: timing the bytes model's choice on this machine ({device})")
-        try:
-            for _ in range(MAX_TIMINGS - 1):
-                order, coverage = candidate_orders(sizer, target, context=context, max_order=max_order, count=1)[0]
-                measured = timed(order, sizer.uniform(coverage))
-                points.append((timings[-1]["predicted"], measured))
-                if abs(measured / slowdown - 1.0) <= TOLERANCE:
-                    break
-                target = _secant(points, slowdown, ceiling)
-        except NoRoom as err:
-            measure = False
-            note = (f"not measured further: {err}; the choice rests on the bytes model"
-                    + (" and the timings above" if timings else ""))
-            say(f"  {note}")
-    candidates = candidate_orders(sizer, target, context=context, max_order=max_order)
-    say(f"bytes target {target:.2f}x; candidates (order, coverage): "
-        + ", ".join(f"({n}, {c:.2f})" for n, c in candidates))
-
-    ids = reference = None
-    if model is not None:
-        from packager.stages.text import sample_text
-
-        text = sample_text(model, checkpoint.load_tokenizer(), kind="eval", tokens=tokens,
-                           seq_len=SELECTION_SEQ_LEN, seed=stats.seed + SELECTION_SEED_OFFSET)
-        ids = text.ids
-        reference = reference_logits(model, ids, batch_size=4)
-    rows = []
-    for order, _ in candidates:
-        plans = plans_for(order)
-        coverage = _exact_coverage(sizer, plans, fit, order, target, context) or 1.0
-        masks = select_channels(plans, coverage, fit)
-        row = {"order": order, "coverage": sum(_counts(masks)) / sizer.channels,
-               "predicted": sizer.predicted(order, _counts(masks), context=context), "fidelity": None}
-        if ids is not None:
-            row["fidelity"] = measure_fidelity(model, checkpoint, plans, masks, order, ids, reference)
-            say(f"  order {order}, coverage {row['coverage']:.3f}: top-1 {row['fidelity']['top1_agreement']:.4f}, "
-                f"KL {row['fidelity']['kl_mean']:.2e}")
-        rows.append(row)
-
-    def rank(row: dict):
-        fid = row["fidelity"] or {"top1_agreement": 0.0, "kl_mean": 0.0}
-        return (-fid["top1_agreement"], fid["kl_mean"], -row["coverage"])
-
-    best = min(rows, key=rank)
-    order, plans = best["order"], plans_for(best["order"])
-    coverage_request = _exact_coverage(sizer, plans, fit, order, target, context) or 1.0
-    masks = select_channels(plans, coverage_request, fit)
-    measured = None
-    if model is not None and measure:
-        try:
-            measured = timed(order, _counts(masks))
-            for _ in range(FINAL_ADJUSTMENTS):  # the chosen order's coverage is corrected, its fidelity re-measured
-                if abs(measured / slowdown - 1.0) <= TOLERANCE:
-                    break
-                points.append((timings[-1]["predicted"], measured))
-                adjusted = _exact_coverage(sizer, plans, fit, order, _secant(points, slowdown, ceiling), context)
-                if adjusted is None or adjusted == coverage_request:
-                    break
-                masks = select_channels(plans, adjusted, fit)
-                measured = timed(order, _counts(masks))
-                coverage_request = adjusted
-                best = {**best, "fidelity": measure_fidelity(model, checkpoint, plans, masks, order, ids, reference)}
-        except NoRoom as err:
-            masks = select_channels(plans, coverage_request, fit)  # the last choice whose timing fitted
-            note = f"the final choice was not timed: {err}"
-            say(f"  {note}")
-    if measured is not None and measured < slowdown * (1.0 - UNREACHABLE):
-        raise UsageError(
-            f"--slowdown {slowdown:g} is out of reach on this machine: the release chosen (order {order}, coverage "
-            f"{sum(_counts(masks)) / sizer.channels:.2f}, {timings[-1]['predicted']:.1f}x the source's bytes per "
-            f"token) measures {measured:.2f}x; this model's decode time here is dominated by fixed per-token costs",
-            hint="ask for a smaller --slowdown, or pass --order and --coverage and check with `unswift bench`")
-    counts = _counts(masks)
-    threads = torch.get_num_threads() if device == "cpu" else 0
-    return SlowdownChoice(
-        requested=slowdown, order=order, coverage=coverage_request,
-        predicted=sizer.predicted(order, counts, context=context), measured=measured,
-        fidelity=best["fidelity"], device=device.split(":")[0],
-        dtype=str(next(model.parameters()).dtype).removeprefix("torch.") if model is not None else dtype,
-        context=context, hardware=hardware_name(device), threads=threads, clock=clock_for(device)[0],
-        candidates=rows, timings=timings, note=note,
-        plans=plans,
-    )
 
 
 def check_supported(checkpoint: Checkpoint) -> None:
@@ -304,17 +112,276 @@ def check_supported(checkpoint: Checkpoint) -> None:
                          "--coverage (and check the result with `unswift bench`)")
 
 
-def resolve_slowdown(checkpoint: Checkpoint, model, stats: Stats, options, *, progress: Progress = None):
-    """What `api.convert` does with `options.slowdown`: (options with order/coverage set, plans, record).
+def rich_plans(checkpoint: Checkpoint, stats: Stats, options) -> list[LayerPlan]:
+    """Every channel fitted at `FIT_ORDER` (uniform allocation): what the padding-free orders are cut from."""
+    return plan_layers(checkpoint, stats, dataclasses.replace(options, order=FIT_ORDER, allocation="uniform",
+                                                              slowdown=None))
 
-    Returns `(options, None, None)` unchanged when no slowdown is requested.
+
+def padding_free_orders(plans: list[LayerPlan]) -> list[torch.Tensor]:
+    """Per unit, each channel's padding-free order at full coverage (-1: even its constant term is padding)."""
+    return [release_orders(plan, torch.ones(plan.score.numel(), dtype=torch.bool), None)[1] for plan in plans]
+
+
+def layers_of(orders: list[torch.Tensor]) -> list[dict]:
+    """config "layers" entries (intermediate, expanded, groups) of units whose channels have these orders.
+
+    -1 is a plaintext channel; -2 a channel dropped altogether (the truncation attack's).
     """
+    out = []
+    for o in orders:
+        alive = o[o >= -1]
+        distinct = sorted(set(int(v) for v in alive.tolist() if v >= 0))
+        out.append({"intermediate": int(alive.numel()), "expanded": int((alive >= 0).sum()),
+                    "groups": [{"channels": int((alive == v).sum()), "order": v} for v in distinct]})
+    return out
+
+
+def padding_ceiling(checkpoint: Checkpoint, stats: Stats, options, *, dtype: str, context: int = DEFAULT_CONTEXT
+                    ) -> tuple[float, list[LayerPlan], list[torch.Tensor]]:
+    """The bytes-model slowdown of the richest release without padding (full coverage at M_j), its plans
+    and orders: no release slower than this is possible without shipping padding."""
+    plans = rich_plans(checkpoint, stats, options)
+    caps = padding_free_orders(plans)
+    sizer = ReleaseSizer(checkpoint, dtype=dtype)
+    return sizer.predicted_layers(layers_of(caps), context=context), plans, caps
+
+
+def candidate_units(checkpoint: Checkpoint, plans: list[LayerPlan], orders: list[torch.Tensor]):
+    """The attacker's view of a candidate release, built from the source and the fits (no Θ, no secret).
+
+    Per unit a `ReleasedMLP` whose expanded rows are the normalised gate rows (grouped by order, ascending),
+    then plaintext rows, then the up rows in the same order, and the rank-1 factors (down column,
+    coefficients) of each expanded channel. The hardening's signs, scales and permutation change neither
+    the function nor any energy, so they are left out.
+    """
+    from packager.stages.audit.attacks import ReleasedMLP
+    from packager.stages.audit.attacks.truncation import Factors
+    from packager.stages.tensors import source_mlp
+
+    activation = plans[0].fit  # for the basis names
+    units = []
+    for index, (plan, o) in enumerate(zip(plans, orders, strict=True)):
+        source = source_mlp(checkpoint, index)
+        fit = plan.fit
+        distinct = sorted(set(int(v) for v in o.tolist() if v >= 0))
+        expanded = torch.cat([torch.nonzero(o == v).flatten() for v in distinct] or [torch.zeros(0, dtype=torch.long)])
+        plain = torch.nonzero(o < 0).flatten()
+        h, z0 = fit.half_width[expanded], fit.centre[expanded]
+        gate_bias = source.gate_bias if source.gate_bias is not None else torch.zeros(source.gate.shape[0],
+                                                                                       dtype=torch.float64)
+        rows = [source.gate[expanded] / h.unsqueeze(-1), source.gate[plain]]
+        bias = [(gate_bias[expanded] - z0) / h, gate_bias[plain]]
+        if source.up is not None:
+            up_bias = source.up_bias if source.up_bias is not None else torch.zeros(source.up.shape[0],
+                                                                                     dtype=torch.float64)
+            order = torch.cat([expanded, plain])
+            rows.append(source.up[order])
+            bias.append(up_bias[order])
+        groups = [(int((o == v).sum()), v) for v in distinct]
+        coefficients, start = [], 0
+        for count, v in groups:
+            coefficients.append(fit.coefficients[expanded[start:start + count], : v + 1].double())
+            start += count
+        hidden = source.down.shape[0]
+        mlp = ReleasedMLP(in_weight=torch.cat(rows), in_bias=torch.cat(bias),
+                          theta=torch.zeros(hidden, 0, dtype=torch.float64), out_bias=source.down_bias,
+                          intermediate=o.numel(), expanded=int(expanded.numel()), order=max(distinct or [0]),
+                          basis=activation.basis, extrapolation=activation.extrapolation, fit="weighted",
+                          activation=_activation(checkpoint), gated=source.up is not None, groups=tuple(groups))
+        factors = Factors(groups, coefficients, source.down[:, expanded].double(), source.down[:, plain].double(),
+                          0.0)
+        units.append((mlp, factors))
+    return units
+
+
+def _activation(checkpoint: Checkpoint):
+    from packager.maths.series.activations import get_activation
+
+    return get_activation(checkpoint.adapter.activation_name(checkpoint.config))
+
+
+def _with_keeps(caps: list[torch.Tensor], masks: list[torch.Tensor], keeps: list[torch.Tensor]
+                ) -> list[torch.Tensor]:
+    """Per unit the orders after truncation: kept order on expanded channels (-2 dropped), -1 plaintext."""
+    out = []
+    for cap, mask, keep in zip(caps, masks, keeps, strict=True):
+        o = torch.full_like(cap, -1)
+        index = _expanded_in_release_order(cap, mask)
+        o[index] = torch.where(keep < 0, torch.full_like(keep, -2), keep)
+        out.append(o)
+    return out
+
+
+def _expanded_in_release_order(cap: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    o = torch.where(mask, cap, -1)
+    distinct = sorted(set(int(v) for v in o.tolist() if v >= 0))
+    return torch.cat([torch.nonzero(o == v).flatten() for v in distinct] or [torch.zeros(0, dtype=torch.long)])
+
+
+def choose_slowdown(checkpoint: Checkpoint, model, stats: Stats, options, *, dtype: str = "float32",
+                    context: int = DEFAULT_CONTEXT, progress: Progress = None) -> SlowdownChoice:
+    """Choose coverage and per-channel orders for `options.slowdown` after truncation (module docstring).
+
+    Raises:
+        UsageError: the request is above the padding ceiling or the measured largest honest slowdown,
+            the checkpoint is a mixture of experts, or the model is not loaded.
+    """
+    from packager.stages.audit.truncation import Attacker
+    from packager.stages.evaluate import compare_to_logits, reference_logits
+    from packager.stages.text import sample_text
+
+    say = reporter(progress)
+    check_supported(checkpoint)
+    wanted = float(options.slowdown)
+    ceiling, plans, caps = padding_ceiling(checkpoint, stats, options, dtype=dtype, context=context)
+    say(f"--slowdown {wanted:g}: the richest release without padding reads {ceiling:.2f}x the source's bytes "
+        "per decoded token")
+    if wanted > ceiling * (1.0 + TOLERANCE):
+        raise UsageError(beyond_ceiling(wanted, ceiling), hint="ask for a smaller --slowdown")
+    if model is None:
+        raise UsageError("--slowdown measures its choice and needs the source model loaded")
+    sizer = ReleaseSizer(checkpoint, dtype=dtype)
+    units = [u.name for u in checkpoint.adapter.units(checkpoint.config)]
+    text = sample_text(model, checkpoint.load_tokenizer(), kind="greedy", tokens=SEARCH_TOKENS,
+                       seq_len=SEARCH_SEQ_LEN, seed=stats.seed + SEARCH_SEED_OFFSET)
+    source_logits = reference_logits(model, text.ids, batch_size=4)
+    timings: list[dict] = []
+    device = str(next(model.parameters()).device)
+
+    def attacker_for(masks: list[torch.Tensor]) -> Attacker:
+        orders = [torch.where(m, c, -1) for c, m in zip(caps, masks, strict=True)]
+        built = candidate_units(checkpoint, plans, orders)
+        return Attacker(model, units, [m for m, _ in built], text.ids, dtype=dtype, factors=[f for _, f in built])
+
+    notes: list[str] = []
+
+    def timed(coverage: float, shapes: list[torch.Tensor], label: str) -> tuple[float, bool]:
+        """(slowdown, measured?): measured interleaved with the source (all layers at once, or a few at a
+        time when they would not fit beside the model), or the bytes model when not even one layer fits
+        (the record says which)."""
+        layers = layers_of(shapes)
+        predicted = sizer.predicted_layers(layers, context=context)
+        needed, available = timing_memory(model, sizer, 0, None, layers)
+        entry = {"what": label, "coverage": coverage, "predicted": predicted}
+        if needed <= ROOM_SHARE * available:
+            measured = measure_slowdown(model, checkpoint, sizer, 0, None, context=context, layers=layers)
+            timings.append({**entry, "measured": measured, "chunks": 1})
+            say(f"  {label}, coverage {coverage:.3f}: bytes model {predicted:.2f}x, measured {measured:.2f}x")
+            return measured, True
+        try:
+            measured, chunks = measure_slowdown_by_chunks(model, checkpoint, sizer, 0, None, context=context,
+                                                          room=int(ROOM_SHARE * available), layers=layers)
+        except NoRoom as reason:
+            note = f"not timed: {reason}; the bytes model's figure is used"
+            if note not in notes:
+                notes.append(note)
+            timings.append({**entry, "measured": None})
+            say(f"  {label}, coverage {coverage:.3f}: bytes model {predicted:.2f}x ({note})")
+            return predicted, False
+        timings.append({**entry, "measured": measured, "chunks": chunks})
+        say(f"  {label}, coverage {coverage:.3f}: bytes model {predicted:.2f}x, measured {measured:.2f}x "
+            f"({chunks} chunks of layers: the whole candidate needs {needed / 1e9:.1f} GB beside the model, "
+            f"{available / 1e9:.1f} GB are available)")
+        return measured, True
+
+    full = [torch.ones(c.numel(), dtype=torch.bool) for c in caps]
+    say("truncation search on the full-coverage candidate (the attacker's evaluator, from the fits)")
+    attacker = attacker_for(full)
+    truncation = attacker.search(progress=progress)
+    largest, largest_timed = timed(1.0, _with_keeps(caps, full, truncation.keep), "after truncation")
+    if wanted > largest * (1.0 + TOLERANCE):
+        raise UsageError(beyond_largest(wanted, largest, ceiling, measured=largest_timed),
+                         hint=f"ask for --slowdown {largest:.2f} or less")
+    coverage, masks, value, was_timed, lam = 1.0, full, largest, largest_timed, truncation.lam
+    points = [(0.0, 1.0), (1.0, largest)]
+    for _ in range(MAX_TIMINGS - 1):
+        if abs(value / wanted - 1.0) <= TOLERANCE:
+            break
+        coverage = _secant(points, wanted)
+        masks = select_channels(plans, coverage, "weighted")
+        keeps = _subset_keeps(attacker, caps, masks, lam)
+        value, was_timed = timed(coverage, _with_keeps(caps, masks, keeps), "after truncation (λ of full coverage)")
+        points.append((coverage, value))
+    if coverage < 1.0:
+        say(f"truncation search on the chosen candidate (coverage {coverage:.3f})")
+        attacker = attacker_for(masks)
+        truncation = attacker.search(progress=progress)
+        value, was_timed = timed(coverage, _with_keeps(caps, masks, truncation.keep), "after truncation")
+    note = "; ".join(notes) or None
+    measured = value if was_timed else None
+    shipped = _with_keeps(caps, masks, truncation.keep)
+    with attacker.installed(truncation.keep, [torch.ones_like(p, dtype=torch.bool) for p in attacker.plains]):
+        agreement = compare_to_logits(source_logits, model, text.ids, batch_size=4)
+    fidelity = {"top1_agreement": agreement.top1_agreement, "kl_mean": agreement.kl_mean,
+                "tokens": agreement.tokens, "text": text.source,
+                "note": "the shipped orders evaluated from the fits (float32) against the source"}
+    chosen = [dataclasses.replace(plan, orders=torch.where(o >= 0, o, -1)) for plan, o in zip(plans, shipped,
+                                                                                           strict=True)]
+    threads = torch.get_num_threads() if device == "cpu" else 0
+    return SlowdownChoice(
+        requested=wanted, coverage=coverage, largest=largest, measured=measured,
+        predicted=sizer.predicted_layers(layers_of(shipped), context=context), padding_ceiling=ceiling,
+        largest_measured=largest_timed,
+        log_lambda=math.log(truncation.lam), self_top1=truncation.self_top1,
+        self_kl=truncation.self_kl, fidelity=fidelity, device=device.split(":")[0],
+        dtype=str(next(model.parameters()).dtype).removeprefix("torch."), context=context,
+        hardware=hardware_name(device), threads=threads, clock=clock_for(device)[0], timings=timings,
+        trials=truncation.trials, note=note, plans=chosen, masks=[o >= 0 for o in shipped])
+
+
+def _subset_keeps(attacker, caps: list[torch.Tensor], masks: list[torch.Tensor], lam: float) -> list[torch.Tensor]:
+    """Kept orders of the channels `masks` expands, from the full-coverage attacker's tail energies at λ."""
+    keeps, _ = attacker.choose(lam)
+    out = []
+    for cap, mask, keep in zip(caps, masks, keeps, strict=True):
+        full_order = _expanded_in_release_order(cap, torch.ones_like(mask))
+        chosen = set(_expanded_in_release_order(cap, mask).tolist())
+        out.append(keep[torch.tensor([int(j) in chosen for j in full_order.tolist()], dtype=torch.bool)])
+    return out
+
+
+def _secant(points: list[tuple[float, float]], goal: float) -> float:
+    """Next coverage from (coverage, measured) points: the secant through the points that bracket the goal
+    (the highest coverage measured below it, the lowest above that measured at or above it).
+
+    Timings are noisy, so a point may not bracket as expected; a coverage already tried is never proposed
+    again (the bracket is halved instead), so the search cannot repeat one candidate.
+    """
+    below = [p for p in points if p[1] < goal]
+    c0, m0 = max(below) if below else min(points)
+    above = [p for p in points if p[1] >= goal and p[0] > c0]
+    c1, m1 = min(above) if above else max(points)
+    guess = c0 + (goal - m0) * (c1 - c0) / (m1 - m0) if m1 != m0 else (c0 + c1) / 2
+    guess = min(max(guess, 0.05), 1.0)
+    tried = {round(c, 4) for c, _ in points}
+    if round(guess, 4) in tried:
+        guess = (c0 + c1) / 2
+    return guess
+
+
+def beyond_ceiling(wanted: float, ceiling: float) -> str:
+    return (f"--slowdown {wanted:g} cannot be reached without padding: the richest release whose every series "
+            f"term carries something (full coverage, each channel at its padding-free order) reads "
+            f"{ceiling:.2f}x the source's bytes per decoded token; the largest slowdown after truncation is "
+            "lower and is measured by convert")
+
+
+def beyond_largest(wanted: float, largest: float, ceiling: float, *, measured: bool = True) -> str:
+    how = "measured on this machine" if measured else "by the bytes model (no room to time it here)"
+    return (f"--slowdown {wanted:g} is beyond this model: the largest honest slowdown, after the truncation "
+            f"attack on the full-coverage release without padding, is {largest:.2f}x, {how} (bytes-model "
+            f"ceiling without padding {ceiling:.2f}x)")
+
+
+def resolve_slowdown(checkpoint: Checkpoint, model, stats: Stats, options, *, progress: Progress = None):
+    """What `convert` does with `options.slowdown`: (options, plans, masks, record); unchanged without it."""
     if options.slowdown is None:
-        return options, None, None
+        return options, None, None, None
     from packager.formats.safetensors import folder_tensors
     from packager.maths.sizing import dominant_dtype
 
     dtype = options.dtype or dominant_dtype(folder_tensors(checkpoint.path))
     choice = choose_slowdown(checkpoint, model, stats, options, dtype=dtype, progress=progress)
-    chosen = dataclasses.replace(options, order=choice.order, coverage=choice.coverage)
-    return chosen, choice.plans, choice.to_json()
+    chosen = dataclasses.replace(options, order=FIT_ORDER, coverage=choice.coverage, allocation="uniform")
+    return chosen, choice.plans, choice.masks, choice.to_json()

@@ -361,3 +361,41 @@ def test_runs_with_says_whether_the_series_splits_across_ranks(record):
     assert "the series by channel" in section(card.render(record), "Runs with")
     record["transform"]["coverage"] = 0.5
     assert "the series whole on every rank" in section(card.render(record), "Runs with")
+
+
+def _with_truncation(record: dict) -> dict:
+    record["audit"]["attacks"].append(
+        {"name": "truncation", "recovered_fraction": None, "relative_error": None, "seconds": 102.85,
+         "rebuilt_top1": 0.9961, "kept_fraction": 0.9054, "shipped_slowdown": 1.8993, "effective_slowdown": 1.8896,
+         "rebuild_slowdown": 1.0456, "top1_drop": 0.001, "kl_bound": 0.001, "release_heldout_top1": 0.9961,
+         "timing": {"context": 512, "threads": 1}})
+    return record
+
+
+def test_the_three_slowdowns_come_from_the_truncation_attack(record):
+    """As shipped, after truncation and after a knowledgeable rebuild, side by side (issue 14)."""
+    text = card.render(_with_truncation(record))
+    body = section(text, "Slowdown, as measured")
+    assert "| 1.90× | 1.89× | 1.05× |" in body
+    assert "`truncation`" in section(text, "Protection, as audited") and "90.54 %" in text
+    figures = re.findall(r"(?<![\w.])\d+\.\d+", body)
+    known = numbers_of(record)
+    assert all(any(abs(float(f) - c) <= 0.006 or abs(float(f) - 100 * c) <= 0.006 for c in known) for f in figures)
+    record["audit"]["attacks"][-1]["effective_slowdown"] = 1.4321
+    assert "| 1.90× | 1.43× | 1.05× |" in section(card.render(record), "Slowdown, as measured")
+
+
+def test_without_the_audit_the_slowdown_choice_shows_and_the_rebuild_is_not_measured(record):
+    record["audit"] = None
+    record["slowdown"] = {"requested": 2.0, "measured": 1.97, "largest": 2.6}
+    body = section(card.render(record), "Slowdown, as measured")
+    assert "| 1.97× | 1.97× | not measured |" in body and "convert --slowdown" in body
+    del record["slowdown"]
+    assert "Against whom the slowdown holds: not measured" in section(card.render(record), "Slowdown, as measured")
+
+
+def test_the_truncation_attack_is_never_the_headlines_strongest_rebuild(record):
+    """Truncation keeps the series: its agreement is not a rebuilt plain model's, whatever its figure."""
+    _with_truncation(record)["audit"]["attacks"][-1]["rebuilt_top1"] = 0.99999
+    glance = section(card.render(record), "At a glance")
+    assert "truncation" not in glance.split("Protection", 1)[1].split("\n")[0]

@@ -7,6 +7,8 @@ checkpoint or the secret; `packager.stages.audit` compares their output with the
 - `coefficient_ratio`: the published closed-form attack (TaylorAttack), as published.
 - `kerckhoffs`: an attacker who knows unswift's fitting method and hardening scheme, not the secret.
 - `learning`: fitting a plain MLP to input/output pairs of the released MLP, under a compute budget.
+- `truncation`: not a recovery: dropping the trailing series terms nobody can see, to measure how much
+  of the slowdown survives an attacker who does not rebuild the weights (`packager.stages.audit.truncation`).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import torch
 
 from packager.maths.series.activations import Activation
 
-ATTACK_NAMES = ("coefficient_ratio", "kerckhoffs", "learning")
+ATTACK_NAMES = ("coefficient_ratio", "kerckhoffs", "learning", "truncation")
 
 
 @dataclass(frozen=True)
