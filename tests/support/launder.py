@@ -1,8 +1,9 @@
 """What a leaker can do to a copy: exact reparametrisations, casts, quantisation, pruning, averaging.
 
 These are the transformations the trace must survive, written once so that tests and
-benchmarks/fingerprint_robustness.py apply exactly the same ones. Every reparametrisation here is an exact gauge of a Llama-layout decoder (the
-tests check the logits are unchanged); parameters come from a torch.Generator only.
+benchmarks/fingerprint_robustness.py apply exactly the same ones. Every reparametrisation here is an
+exact gauge of a Llama-layout decoder (a test checks the logits are unchanged); parameters come from a
+torch.Generator only.
 
 State dicts use Llama names (`model.layers.N.self_attn.q_proj.weight`, ...). Functions return new
 dicts and never modify their input.

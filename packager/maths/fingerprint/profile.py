@@ -105,22 +105,23 @@ def budget_profile(factors: dict[str, tuple[torch.Tensor, torch.Tensor]],
     """Rank-1 shapes scaled by one amplitude so that ½ Σ S²F = `kl_budget` (float64).
 
     Without ceilings the cost is quadratic in the amplitude; with them it is monotone but not quadratic,
-    and the amplitude is found by bisection from the uncapped solution (a lower bound).
-
-    Raises:
-        ValueError: the ceilings cost less than the budget (every entry would be capped).
+    and the amplitude is found by bisection between the uncapped solution (a lower bound) and the
+    amplitude at which every entry is capped. When even that costs less than the budget (a model whose
+    function barely depends on these weights), every entry sits at its ceiling: the pattern then costs
+    less than the budget, never more.
     """
     amplitude = (kl_budget / _cost(factors, fisher_factors, None, 1.0, capped=False)) ** 0.5
     if ceiling is not None:
-        lo = hi = amplitude
-        while _cost(factors, fisher_factors, ceiling, hi) < kl_budget:
-            hi *= 2
-            if hi > amplitude * 2**60:
-                raise ValueError("the ceilings cost less than the KL budget: raise them or lower the budget")
-        for _ in range(50):
-            mid = (lo * hi) ** 0.5
-            lo, hi = (mid, hi) if _cost(factors, fisher_factors, ceiling, mid) < kl_budget else (lo, mid)
-        amplitude = hi
+        saturated = max(float((ceiling[role].double()[:, None] / (row[:, None] * col[None, :])).max())
+                        for role, (row, col) in factors.items())
+        if _cost(factors, fisher_factors, ceiling, saturated) <= kl_budget:
+            amplitude = saturated
+        elif saturated > amplitude:
+            lo, hi = amplitude, saturated
+            for _ in range(60):
+                mid = (lo * hi) ** 0.5
+                lo, hi = (mid, hi) if _cost(factors, fisher_factors, ceiling, mid) < kl_budget else (lo, mid)
+            amplitude = hi
     return {role: Shape((row.double() * amplitude).float(), col.float(),
                         None if ceiling is None else ceiling[role].float())
             for role, (row, col) in factors.items()}
