@@ -118,11 +118,12 @@ def convert_options(func: Callable) -> Callable:
     return func
 
 
-def fingerprint_request() -> tuple[str | None, str | None]:
-    """(--recipient, --ledger) of the running command (see `convert_options`)."""
+def fingerprint_request(*, listed: bool = False) -> tuple[str | None, str | None]:
+    """(--recipient, --ledger) of the running command (see `convert_options`); `listed`: the recipients
+    come from elsewhere (`release --recipients`), so --ledger alone is fine."""
     ctx = click.get_current_context(silent=True)
     extra = ctx.meta.get(_META, {}) if ctx is not None else {}
-    if extra.get("ledger") is not None and extra.get("recipient") is None:
+    if extra.get("ledger") is not None and extra.get("recipient") is None and not listed:
         raise UsageError("--ledger is the ledger a fingerprinted copy is recorded in: pass --recipient NAME too")
     return extra.get("recipient"), extra.get("ledger")
 

@@ -67,7 +67,7 @@ def release(checkpoint, repo, out, no_push, key, tag, private, gated, endpoint, 
         if dry_run_requested():  # the plan only: no key, secret, folder or Hub call is touched
             report_plan(report, api.open_source(checkpoint), options)
             return
-        recipient, ledger = fingerprint_request()
+        recipient, ledger = fingerprint_request(listed=recipients is not None)
         if recipients is not None:
             if recipient is not None:
                 raise api.UsageError("--recipients lists the recipients: drop --recipient")
