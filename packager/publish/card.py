@@ -149,6 +149,7 @@ def render(record: dict[str, Any]) -> str:
         fidelity=_fidelity(record.get("eval")),
         slowdown=_slowdown(record.get("bench")),
         protection=_protection(record.get("audit")),
+        leak_attribution=_leak_attribution(record.get("fingerprint")),
         recipe=yaml_block(transform),
         calibration=_calibration(record.get("calibration")),
         tool_version=(record.get("tool") or {}).get("version", "unknown"),
@@ -363,6 +364,41 @@ def _protection(audit: dict[str, Any] | None) -> str:
     elif leaks is not None:
         lines.append("- Leak scan: no released tensor equals a source tensor it should hide.")
     return "\n".join(lines)
+
+
+#: What `unswift trace` named the right recipient after, on the demo model (docs/BENCHMARKS.md, "Leak
+#: attribution"): only what that benchmark measured and passed; the card shows no figure of it, because
+#: its figures are the demo model's, not this release's.
+TRACE_SURVIVED_ON_DEMO: tuple[str, ...] = ()
+
+
+def _leak_attribution(fingerprint: dict[str, Any] | None) -> str:
+    """The section of a recipient's fingerprinted copy: that it carries one (never whose) and its cost."""
+    if not fingerprint:
+        return ""
+    cost = fingerprint.get("source_fidelity") or {}
+    measured = (
+        f" Its cost, measured before conversion (the fingerprinted source against the source, float32, "
+        f"teacher-forced, {cost.get('tokens', '?')} tokens of held-out text): top-1 agreement "
+        f"{percent(cost.get('top1'))}, KL {number(cost.get('kl'))} nats per token. The fidelity above is "
+        "this release's, fingerprint included."
+        if cost else " Its fidelity cost was not recorded."
+    )
+    survived = (
+        " On unswift's demo model (not this one; the figures are in unswift's docs/BENCHMARKS.md) the trace "
+        "named the right recipient at a corrected false-accusation probability of at most 1e-9 after each of: "
+        + "; ".join(TRACE_SURVIVED_ON_DEMO) + "."
+        if TRACE_SURVIVED_ON_DEMO else ""
+    )
+    return (
+        "\n\n## Leak attribution\n\n"
+        "This copy carries a recipient fingerprint: secret-keyed weight changes, different for every recipient "
+        "the publisher gave a copy to, from which the publisher (who keeps the secret and a ledger of "
+        "recipients) can tell which recipient's copy a model found elsewhere derives from (`unswift trace`). "
+        "Nothing in this release says whose copy it is." + measured + survived
+        + " Training a new model on this model's outputs (distillation) does not keep the fingerprint, and "
+        "noise large enough to drown it costs fidelity; a trace names a recipient's copy, not who leaked it."
+    )
 
 
 def _matches(matches: Any) -> str:
