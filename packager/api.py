@@ -9,6 +9,8 @@
     found = api.audit("releases/model", reference=source)
     api.sign("releases/model", "publisher.pem")          # record -> card -> model.sig
     api.push("releases/model", "org/model", tag="v1")
+    api.convert(source, "releases/acme", recipient="acme", ledger="ledger.jsonl")   # a fingerprinted copy
+    found = api.trace("leaked.gguf", reference=source, ledger="ledger.jsonl")       # whose copy is it?
     print(api.plan(source, api.ConvertOptions(slowdown=4)))   # what convert would write; nothing written
 
 Everything else in `packager` is internal. Errors users can cause are `UnswiftError`s (`UsageError`
@@ -41,12 +43,14 @@ if TYPE_CHECKING:
     from packager.stages.convert import ConvertResult
     from packager.stages.evaluate import EvalReport
     from packager.stages.options import ConvertOptions
+    from packager.stages.trace import TraceReport
 
 __all__ = [
     "CheckFailed", "HubError", "UnswiftError", "UsageError",
     "ConvertOptions", "LearningBudget", "PublishOptions",
     "open_source", "demo_checkpoint", "calibrate", "plan", "convert", "evaluate", "bench", "audit",
     "record_measurement", "record_bench", "card", "headlines", "keygen", "sign", "verify", "push", "release",
+    "release_recipients", "trace",
     "looks_like_repo_id", "recorded_key_fingerprint", "demo_metadata",
     "LIMITS", "check_option", "check_each", "check_device", "parse_size", "format_size",
 ]
@@ -171,7 +175,8 @@ def convert(checkpoint: str | Path | Checkpoint, out: str | Path, **options) -> 
     """Write an (unsigned) release folder: calibrate (unless `stats`), plan, convert.
 
     See `packager.stages.convert.convert` for the options (stats, options, calibration, calibration_tokens,
-    calibration_seed, secret_file, overwrite, progress).
+    calibration_seed, secret_file, overwrite, progress; recipient, ledger and eval_tokens for a recipient's
+    fingerprinted copy).
 
     Raises:
         UsageError: bad options (checked before the checkpoint is opened), checkpoint, statistics or output.
@@ -228,7 +233,8 @@ def bench(release_dir: str | Path, reference: str | Path | Checkpoint, **options
 
 def audit(release_dir: str | Path, *, reference: str | Path | Checkpoint | None = None,
           **options) -> AuditReport:
-    """The known attacks and the leak scan on a release (see `packager.stages.audit.audit`).
+    """The known attacks and the leak scan on a release (see `packager.stages.audit.audit`; `export_rebuilt`
+    writes the strongest attack's rebuilt model as a plain checkpoint).
 
     Raises:
         UsageError: an option out of range (checked before the reference is opened), not a release, an
@@ -344,6 +350,44 @@ def push(release_dir: str | Path, repo_id: str, **options) -> PushResult:
     from packager.publish.hub import push as run
 
     return run(release_dir, repo_id, **options)
+
+
+def trace(suspect: str | Path, *, reference: str | Path | Checkpoint, ledger: str | Path,
+          secret_file: str | Path | None = None, revision: str | None = None, endpoint: str | None = None,
+          progress: Progress = None) -> TraceReport:
+    """Which ledger recipient's copy `suspect` derives from (see `packager.stages.trace.trace`).
+
+    `suspect` is a release folder, a plain safetensors folder, a GGUF file, or a Hub repo id (downloaded
+    at `revision`; only its safetensors/GGUF tensors are ever read).
+
+    Raises:
+        UsageError: bad suspect, reference, ledger or secret; `revision`/`endpoint` for a local suspect.
+        HubError: the Hub could not be reached.
+    """
+    from packager.progress import reporter
+    from packager.stages.trace import trace as run
+
+    text = str(suspect)
+    local = Path(text).exists()
+    source = open_source(reference)
+    if local and (revision or endpoint):
+        raise UsageError("--revision and --endpoint apply to a Hub repo id, not to a local suspect")
+    folder = Path(text)
+    name = text
+    if not local and looks_like_repo_id(text):
+        from packager.publish.hub import download_release
+
+        reporter(progress)(f"downloading {text} at {revision or 'main'}")
+        folder = download_release(text, revision=revision, endpoint=endpoint)
+        name = f"{text}@{revision or 'main'}"
+    return run(folder, source, ledger=Path(ledger), secret_file=secret_file, suspect_name=name, progress=progress)
+
+
+def release_recipients(checkpoint: str | Path | Checkpoint, recipients: str | Path, **options) -> list[ReleaseReport]:
+    """One fingerprinted release and push per `NAME REPO` line (see `packager.release.release_recipients`)."""
+    from packager.release import release_recipients as run
+
+    return run(open_source(checkpoint), recipients, **options)
 
 
 def release(checkpoint: str | Path | Checkpoint, **options) -> ReleaseReport:

@@ -91,6 +91,7 @@ class _Run:
     budget: Budget
     thresholds: dict
     measure: dict  # {"bench": bool, "audit": bool}
+    fingerprint: dict | None  # {"recipient", "ledger", "secret_file"} for a recipient's copy
     show_progress: bool
     progress: Progress
     report: ReleaseReport
@@ -106,12 +107,17 @@ def release(
     calibration_tokens: int | None = None, calibration_seed: int = 0, stats: str | Path | None = None,
     secret_file: str | Path | None = None, min_top1: float | None = None, max_kl: float | None = None,
     overwrite: bool = False, eval_tokens: int | None = None, bench: bool = True, audit: bool = True,
-    budget: str = "full", progress: Progress = None, show_progress: bool = False,
+    budget: str = "full", progress: Progress = None, show_progress: bool = False, recipient: str | None = None,
+    ledger: str | Path | None = None,
 ) -> ReleaseReport:
     """Take a checkpoint to a signed, pushed release (or a signed local folder: `publish.push=False`).
 
     `budget` ("full" or "quick", `packager.stages.budget`) sizes every measurement; `calibration_tokens`
     and `eval_tokens`, when given, win over it. The record and the card name the budget.
+
+    With `recipient`, the release is that recipient's fingerprinted copy (see `packager.stages.fingerprint`):
+    `secret_file` is the publisher's secret, the ledger gets an "issued" entry at conversion and a
+    "pushed" entry (repo, revision, tag) after the push.
 
     Raises:
         UsageError: bad input, found before any expensive stage (options, checkpoint, key, repo id,
@@ -129,7 +135,7 @@ def release(
                    calibration=CalibrationInputs(calibration, calibration_tokens, calibration_seed, stats),
                    secret_file=secret_file, overwrite=overwrite, eval_tokens=eval_tokens, budget=sizes,
                    thresholds={"min_top1": min_top1, "max_kl": max_kl}, measure={"bench": bench, "audit": audit},
-                   progress=progress, show_progress=show_progress)
+                   progress=progress, show_progress=show_progress, recipient=recipient, ledger=ledger)
     seconds = run.report.fields.setdefault("stage_seconds", {})
     for name, stage in STAGES:
         started = time.perf_counter()
@@ -152,7 +158,8 @@ def check_release_options(*, options: ConvertOptions | None = None, calibration_
 
 
 def _prepare(checkpoint, *, out, options, publish, key, calibration: CalibrationInputs, secret_file, overwrite,
-             eval_tokens, budget: Budget, thresholds, measure, progress, show_progress) -> _Run:
+             eval_tokens, budget: Budget, thresholds, measure, progress, show_progress, recipient=None,
+             ledger=None) -> _Run:
     """Every cheap check, before the first expensive stage; the secret is created now so a re-run finds it."""
     from packager.formats.secret import resolve_secret
     from packager.maths.transform import secret_id
@@ -167,16 +174,35 @@ def _prepare(checkpoint, *, out, options, publish, key, calibration: Calibration
         from packager.publish.hub import check_repo_id
 
         check_repo_id(publish.repo)
-    secret = resolve_secret(secret_file, out)
-    if secret.origin == "new":
-        reporter(progress)(f"new hardening secret written to {secret.path} (mode 0600); keep it, never publish it")
-    inputs = release_inputs(source, options, calibration, secret_id=secret_id(secret.value), budget=budget.name)
+    fingerprint = None
+    if recipient is not None:
+        from packager.formats.ledger import default_ledger
+        from packager.maths.fingerprint.keys import hardening_secret
+        from packager.stages import fingerprint as fp
+
+        fp.check_source(source, options.dtype)
+        recipient = fp.check_recipient(recipient)
+        ledger = Path(ledger) if ledger else default_ledger()
+        publisher = fp.publisher_secret(secret_file, ledger, create=True)
+        if publisher.origin == "new":
+            reporter(progress)(f"new publisher secret written to {publisher.path} (mode 0600); keep it with the "
+                               "ledger, never publish it")
+        fingerprint = {"recipient": recipient, "ledger": ledger,
+                       "secret_file": publisher.path if publisher.origin != "env" else None}
+        secret = publisher
+        hardening_id = secret_id(hardening_secret(publisher.value, recipient))
+    else:
+        secret = resolve_secret(secret_file, out)
+        if secret.origin == "new":
+            reporter(progress)(f"new hardening secret written to {secret.path} (mode 0600); keep it, never publish it")
+        hardening_id = secret_id(secret.value)
+    inputs = release_inputs(source, options, calibration, secret_id=hardening_id, budget=budget.name)
     reuse = _reusable(out, inputs)
     if out.exists() and not reuse and not overwrite:
         raise UsageError(f"output folder '{out}' exists and was made from other inputs; pass --overwrite "
                          "to replace it (a folder from the same inputs is resumed)")
     return _Run(source, out, options, publish, calibration, signing_key, secret, inputs, reuse, eval_tokens,
-                budget, thresholds, measure, show_progress, progress, ReleaseReport(out))
+                budget, thresholds, measure, fingerprint, show_progress, progress, ReleaseReport(out))
 
 
 def release_inputs(checkpoint: Checkpoint, options: ConvertOptions, calibration: CalibrationInputs, *,
@@ -207,10 +233,12 @@ def _convert(run: _Run) -> str:
         return "skipped (recorded inputs match)"
     run.say("calibrate + convert")
     calibration = run.calibration
+    fingerprint = run.fingerprint or {}
     convert(run.source, run.out, stats=calibration.stats, options=run.options, calibration=calibration.text,
             calibration_tokens=calibration.tokens, calibration_seed=calibration.seed,
             secret_file=run.secret.path if run.secret.origin != "env" else None, overwrite=True,
-            progress=run.progress)
+            progress=run.progress, recipient=fingerprint.get("recipient"), ledger=fingerprint.get("ledger"),
+            eval_tokens=run.eval_tokens)
     update_record(run.out, inputs={**read_record(run.out)["inputs"], "release": run.inputs},
                   budget=run.budget.to_json())
     run.report.fields["secret_file"] = str(run.secret.path) if run.secret.path else None
@@ -293,6 +321,11 @@ def _push(run: _Run) -> str:
                       revision=publish.revision, create_pr=publish.create_pr, no_xet=publish.no_xet,
                       show_progress=run.show_progress, progress=run.progress)
     run.report.fields.update(pushed.to_json())
+    if run.fingerprint is not None:
+        from packager.stages.fingerprint import record_push
+
+        record_push(run.fingerprint["ledger"], run.fingerprint["recipient"], run.out, repo=publish.repo,
+                    revision=pushed.to_json().get("revision"), tag=pushed.to_json().get("tag"))
     return "done" if pushed.new_commit else "already on the Hub"
 
 
@@ -301,6 +334,82 @@ STAGES: tuple[tuple[str, Callable[[_Run], str]], ...] = (
     ("convert", _convert), ("eval", _eval), ("bench", _bench), ("audit", _audit), ("sign", _sign),
     ("push", _push),
 )
+
+
+# -- one release per recipient -----------------------------------------------------------------------------
+
+
+def read_recipients(path: str | Path) -> list[tuple[str, str | None]]:
+    """`NAME REPO` per line (REPO optional with --no-push; `#` starts a comment).
+
+    Raises:
+        UsageError: missing file, a malformed line, a repeated name, or no recipient at all.
+    """
+    file = Path(path)
+    if not file.is_file():
+        raise UsageError(f"recipients file '{file}' not found")
+    found: list[tuple[str, str | None]] = []
+    for number, line in enumerate(file.read_text(encoding="utf-8").splitlines(), 1):
+        fields = line.split("#", 1)[0].split()
+        if not fields:
+            continue
+        if len(fields) > 2:
+            raise UsageError(f"recipients file '{file}' line {number}: expected `NAME REPO`, got {line.strip()!r}")
+        if any(name == fields[0] for name, _ in found):
+            raise UsageError(f"recipients file '{file}' line {number}: recipient {fields[0]!r} is listed twice")
+        found.append((fields[0], fields[1] if len(fields) == 2 else None))
+    if not found:
+        raise UsageError(f"recipients file '{file}' lists no recipient")
+    return found
+
+
+def release_recipients(checkpoint: str | Path | Checkpoint, recipients: str | Path, *, out: str | Path | None = None,
+                       publish: PublishOptions | None = None, ledger: str | Path | None = None,
+                       stats: str | Path | None = None, calibration: str | Path | None = None,
+                       calibration_tokens: int | None = None, calibration_seed: int = 0, progress: Progress = None,
+                       **options) -> list[ReleaseReport]:
+    """One fingerprinted release per line of `recipients`, each in `out/NAME`, pushed to its own repo.
+
+    The calibration is made once (`out/calibration-stats.safetensors`, unless `stats`) and every recipient's
+    release is converted from it; each gets its own pattern and hardening secret from the one publisher
+    secret, and its own ledger entries. Every recipient is checked before the first conversion.
+
+    Raises:
+        UsageError: bad recipients file (or a missing repo when pushing), and everything `release` raises.
+    """
+    from packager.formats.ledger import default_ledger
+    from packager.stages.calibrate import calibrate
+
+    listed = read_recipients(recipients)
+    publish = publish or PublishOptions(repo=None, push=False)
+    pushing = publish.push and publish.repo is not None
+    if calibration_tokens is None:
+        calibration_tokens = budget_named(options.get("budget", "full")).calibration_tokens
+    if pushing:
+        from packager.publish.hub import check_repo_id
+
+        for name, repo in listed:
+            if repo is None:
+                raise UsageError(f"recipient {name!r} has no repo: write `NAME ORG/REPO`, or pass --no-push")
+            check_repo_id(repo)
+    source = checkpoint if isinstance(checkpoint, Checkpoint) else open_checkpoint(checkpoint)
+    root = Path(out) if out else Path("releases") / source.name.split("/")[-1]
+    ledger = Path(ledger) if ledger else default_ledger()
+    if stats is None:
+        stats = root / "calibration-stats.safetensors"
+        if not stats.is_file():
+            reporter(progress)("calibration (shared by every recipient)")
+            root.mkdir(parents=True, exist_ok=True)
+            calibrate(source, text=calibration, tokens=calibration_tokens, seed=calibration_seed,
+                      progress=progress).save(stats)
+    reports = []
+    for name, repo in listed:
+        reporter(progress)(f"recipient {name}")
+        target = PublishOptions(**{**publish.__dict__, "repo": repo})  # with --no-push it still names the card
+        reports.append(release(source, out=root / name, publish=target, stats=stats, calibration=calibration,
+                               calibration_tokens=calibration_tokens, calibration_seed=calibration_seed,
+                               recipient=name, ledger=ledger, progress=progress, **options))
+    return reports
 
 
 # -- helpers ----------------------------------------------------------------------------------------------

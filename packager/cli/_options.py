@@ -150,6 +150,14 @@ def convert_options(func: Callable) -> Callable:
                      help="Largest safetensors shard of the release (e.g. 1GB, 500MB): conversion holds at most "
                           "one shard's tensors in memory."),
         click.option("--overwrite", is_flag=True, help="Replace an existing output folder."),
+        click.option("--recipient", default=None, metavar="NAME", expose_value=False, callback=_remember,
+                     help="Make NAME's fingerprinted copy: a pattern keyed by the publisher's secret, NAME and "
+                          "each tensor, and NAME's own hardening secret derived from it. --secret-file is then "
+                          "the publisher's secret (default: LEDGER's .secret beside the ledger). Nothing in "
+                          "the release names NAME."),
+        click.option("--ledger", type=click.Path(), default=None, expose_value=False, callback=_remember,
+                     help="The publisher's ledger (JSON Lines, kept outside every release, never holds the "
+                          "secret) that --recipient appends to. Default: ./unswift-ledger.jsonl."),
         click.option("--dry-run", is_flag=True, expose_value=False, callback=_remember,
                      help="Print the plan and write nothing: order, coverage, release size on disk, memory a "
                           "user needs at each dtype, predicted decode slowdown. JSON fields: dry_run, order, "
@@ -161,6 +169,16 @@ def convert_options(func: Callable) -> Callable:
     for option in reversed(options):
         func = option(func)
     return func
+
+
+def fingerprint_request(*, listed: bool = False) -> tuple[str | None, str | None]:
+    """(--recipient, --ledger) of the running command (see `convert_options`); `listed`: the recipients
+    come from elsewhere (`release --recipients`), so --ledger alone is fine."""
+    ctx = click.get_current_context(silent=True)
+    extra = ctx.meta.get(_META, {}) if ctx is not None else {}
+    if extra.get("ledger") is not None and extra.get("recipient") is None and not listed:
+        raise UsageError("--ledger is the ledger a fingerprinted copy is recorded in: pass --recipient NAME too")
+    return extra.get("recipient"), extra.get("ledger")
 
 
 def build_convert_options(order: int, coverage: float | None, fit: str, min_top1: float | None, hardening: bool,

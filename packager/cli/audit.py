@@ -34,9 +34,13 @@ from packager.cli._options import checked, checked_units
               help="Give the kerckhoffs attacker MLP inputs recorded on its own text (default: no data).")
 @click.option("--record", is_flag=True, help="Store the result in the release's unswift.json "
               "(removes model.sig: re-sign afterwards).")
+@click.option("--export-rebuilt", type=click.Path(), default=None, metavar="DIR",
+              help="Also write the strongest attack's rebuilt model as a plain transformers checkpoint of the "
+                   "source's architecture (loads without remote code).")
+@click.option("--overwrite", is_flag=True, help="Replace an existing --export-rebuilt folder.")
 @common_options
 def audit(release, reference, secret_file, max_recovered, attacks, learning_steps, attacker_tokens,
-          learning_units, kerckhoffs_data, record, as_json, quiet, debug):
+          learning_units, kerckhoffs_data, record, export_rebuilt, overwrite, as_json, quiet, debug):
     """Attack a release with the known attacks and scan it for leaked source weights.
 
     Exit 0 whatever it finds, unless --max-recovered is given and an attack recovers more (exit 1).
@@ -45,6 +49,7 @@ def audit(release, reference, secret_file, max_recovered, attacks, learning_step
       unswift audit releases/model --reference ./ckpt
       unswift audit releases/model --reference ./ckpt --max-recovered 0.01 --json
       unswift audit releases/model --reference ./ckpt --attack kerckhoffs --record
+      unswift audit releases/model --reference ./ckpt --export-rebuilt rebuilt/   # what an attacker gets
     """
     with reporting("audit", as_json=as_json, quiet=quiet, debug=debug) as report:
         from packager import api
@@ -52,7 +57,9 @@ def audit(release, reference, secret_file, max_recovered, attacks, learning_step
         budget = api.LearningBudget(steps=learning_steps, tokens=attacker_tokens, layers=learning_units)
         result = api.audit(release, reference=reference, secret_file=secret_file, max_recovered=max_recovered,
                            attacks=attacks or api.ATTACK_NAMES, learning=budget, kerckhoffs_data=kerckhoffs_data,
-                           progress=report.say)
+                           progress=report.say, export_rebuilt=export_rebuilt, overwrite=overwrite)
+        if export_rebuilt is not None:
+            report.update({"export_rebuilt": str(export_rebuilt)})
         report.update(result.to_json())
         if record:
             if api.record_measurement(release, "audit", result.to_json()):

@@ -6,7 +6,14 @@ import click
 from click.core import ParameterSource
 
 from packager.cli._app import common_options, main, reporting
-from packager.cli._options import build_convert_options, checked, convert_options, dry_run_requested, report_plan
+from packager.cli._options import (
+    build_convert_options,
+    checked,
+    convert_options,
+    dry_run_requested,
+    fingerprint_request,
+    report_plan,
+)
 from packager.cli.push import _exported
 
 
@@ -37,10 +44,14 @@ from packager.cli.push import _exported
 @click.option("--bench/--no-bench", default=True, show_default=True,
               help="Measure the slowdown against the source on this machine.")
 @click.option("--audit/--no-audit", default=True, show_default=True, help="Run the protection audit.")
+@click.option("--recipients", "recipients", type=click.Path(), default=None, metavar="FILE",
+              help="One fingerprinted release per line `NAME REPO` of FILE, each in OUT/NAME and pushed to its "
+                   "REPO (instead of --repo), all converted from one calibration; see --recipient.")
 @convert_options
 @common_options
 def release(checkpoint, repo, out, no_push, key, tag, private, gated, endpoint, revision, create_pr, no_xet,
-            max_kl, eval_tokens, budget, bench, audit, order, coverage, fit, allocation, min_top1, calibration,
+            max_kl, eval_tokens, budget, bench, audit, recipients, order, coverage, fit, allocation, min_top1,
+            calibration,
             calibration_tokens, calibration_seed, stats, hardening, secret_file, dtype, license_, base_model, overwrite,
             as_json, quiet, debug):
     """Calibrate, convert, evaluate, bench, audit, card, sign and push, in one resumable command.
@@ -49,10 +60,13 @@ def release(checkpoint, repo, out, no_push, key, tag, private, gated, endpoint, 
       unswift release ./ckpt --repo my-org/model --key publisher.pem --tag v1
       unswift release ./ckpt --repo my-org/model --no-push --key publisher.pem   # local, signed
       unswift release ./ckpt --repo my-org/model --min-top1 0.995 --max-kl 0.005 --json   # CI
+      unswift release ./ckpt --recipients partners.txt --ledger ledger.jsonl --key publisher.pem
     A re-run with the same inputs resumes: finished stages are skipped, the push is idempotent.
     Thresholds (--min-top1, --max-kl) stop the run before pushing, with exit code 1.
     """
-    if repo is None and not no_push and not dry_run_requested():
+    if recipients is not None and repo is not None:
+        raise click.UsageError("--recipients names each recipient's repo: drop --repo")
+    if repo is None and recipients is None and not no_push and not dry_run_requested():
         raise click.UsageError("pass --repo ORG/NAME, or --no-push to stop before publishing")
     env = {"HF_ENDPOINT": endpoint, "HF_HUB_DISABLE_XET": "1" if no_xet else None}
     with reporting("release", as_json=as_json, quiet=quiet, debug=debug) as report, _exported(env):
@@ -65,6 +79,23 @@ def release(checkpoint, repo, out, no_push, key, tag, private, gated, endpoint, 
             return
         if click.get_current_context().get_parameter_source("calibration_tokens") is ParameterSource.DEFAULT:
             calibration_tokens = None  # the budget's
+        recipient, ledger = fingerprint_request(listed=recipients is not None)
+        if recipients is not None:
+            if recipient is not None:
+                raise api.UsageError("--recipients lists the recipients: drop --recipient")
+            publish = api.PublishOptions(repo="-", tag=tag, private=private, gated=gated,  # "-": each line's repo
+                                         endpoint=endpoint, revision=revision, create_pr=create_pr, no_xet=no_xet,
+                                         push=not no_push)
+            results = api.release_recipients(
+                checkpoint, recipients, out=out, options=options, publish=publish, key=key, ledger=ledger,
+                calibration=calibration, calibration_tokens=calibration_tokens, calibration_seed=calibration_seed,
+                stats=stats, secret_file=secret_file, min_top1=min_top1, max_kl=max_kl, overwrite=overwrite,
+                eval_tokens=eval_tokens, bench=bench, audit=audit, budget=budget, progress=report.say,
+                show_progress=report.show_progress)
+            report.update({"releases": [r.to_json() for r in results]})
+            for result in results:
+                report.say(f"{result.release_dir}: " + ", ".join(f"{k} {v}" for k, v in result.stages.items()))
+            return
         publish = api.PublishOptions(repo=repo, tag=tag, private=private, gated=gated, endpoint=endpoint,
                                      revision=revision, create_pr=create_pr, no_xet=no_xet, push=not no_push)
         result = api.release(checkpoint, out=out, options=options, publish=publish, key=key,
@@ -72,7 +103,7 @@ def release(checkpoint, repo, out, no_push, key, tag, private, gated, endpoint, 
                              calibration_seed=calibration_seed, stats=stats, secret_file=secret_file,
                              min_top1=min_top1, max_kl=max_kl, overwrite=overwrite, eval_tokens=eval_tokens,
                              bench=bench, audit=audit, budget=budget, progress=report.say,
-                             show_progress=report.show_progress)
+                             show_progress=report.show_progress, recipient=recipient, ledger=ledger)
         report.update(result.to_json())
         for stage, state in result.stages.items():
             report.say(f"{stage}: {state}")

@@ -14,6 +14,7 @@ from packager.cli._options import (
     checked_device_or_auto,
     convert_options,
     dry_run_requested,
+    fingerprint_request,
     report_plan,
 )
 
@@ -64,6 +65,7 @@ def convert(checkpoint, out, order, coverage, fit, allocation, min_top1, calibra
       unswift convert ./ckpt --out releases/paper --fit taylor --no-hardening --coverage 0.7 --order 6
       unswift convert ./ckpt --out releases/slow --slowdown 4
       unswift convert ./ckpt --slowdown 4 --dry-run --json   # the plan only: nothing is written
+      unswift convert ./ckpt --out releases/acme --recipient acme --ledger ledger.jsonl   # acme's copy
     """
     with reporting("convert", as_json=as_json, quiet=quiet, debug=debug) as report:
         from packager import api
@@ -74,11 +76,15 @@ def convert(checkpoint, out, order, coverage, fit, allocation, min_top1, calibra
         if dry_run_requested():
             report_plan(report, source, options, stats=stats)
             return
+        recipient, ledger = fingerprint_request()
         out_dir = Path(out) if out else Path("releases") / source.name.split("/")[-1]
         result, secret = api.convert(source, out_dir, stats=stats, options=options, calibration=calibration,
                                      calibration_tokens=calibration_tokens, calibration_seed=calibration_seed,
-                                     secret_file=secret_file, overwrite=overwrite, progress=report.say)
+                                     secret_file=secret_file, overwrite=overwrite, progress=report.say,
+                                     recipient=recipient, ledger=ledger)
         report.update(result.to_json())
+        if recipient is not None:
+            report.update({"fingerprint": True})
         if secret.origin == "new":
             report.say(f"new hardening secret written to {secret.path} (mode 0600); keep it to re-create "
                        "this release, never publish it")

@@ -13,7 +13,7 @@ card; `measurements` writes the measured sections and their headlines, `formatti
 per-unit recipe stays in `unswift.json`: the card shows a summary table of it.
 
 Places kept for later additions: `measurements.SLOWDOWN_COLUMNS` (more columns per bench entry),
-`runtimes` (the "Runs with" section) and `_recipient` (one sentence about a recipient fingerprint).
+`runtimes` (the "Runs with" section) and `attribution` (the section of a recipient's fingerprinted copy).
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from packager.errors import UsageError
 from packager.formats.atomic import write_text_atomic
 from packager.formats.names import CARD, RECORD, SIGNATURE
 from packager.formats.record import read_record
-from packager.publish import measurements, runtimes
+from packager.publish import attribution, measurements, runtimes
 from packager.publish.formatting import byte_size, number, percent, text_source
 
 #: The card template ships inside the package (package data), so an installed wheel renders cards too.
@@ -162,6 +162,7 @@ def render(record: dict[str, Any]) -> str:
         slowdown=measurements.slowdown(record),
         slowdowns=measurements.three_slowdowns(record),
         protection=measurements.protection(record.get("audit")),
+        leak_attribution=attribution.section(record.get("fingerprint")),
         recipe=_recipe(transform, record.get("calibration")),
         tool_version=(record.get("tool") or {}).get("version", "unknown"),
         format_version=record.get("format_version", "unknown"),
@@ -297,11 +298,11 @@ def _hardening(transform: dict[str, Any]) -> str:
 
 
 def _recipient(fingerprint: dict[str, Any] | None) -> str | None:
-    """The one sentence about a recipient fingerprint, from the record's `fingerprint` section.
-
-    Releases carry none yet (no record has the section); the sentence's place is the end of "What this is".
-    """
-    return None
+    """The one sentence about a recipient fingerprint (never whose), at the end of "What this is"."""
+    if not fingerprint:
+        return None
+    return ("Leak attribution: this copy carries a recipient fingerprint, and nothing in it says whose "
+            "(see \"Leak attribution\" below).")
 
 
 def _where_note(hub: dict[str, Any]) -> str:

@@ -215,6 +215,7 @@ def initial_record(checkpoint: Checkpoint, options: ConvertOptions, spec: dict, 
         "size": {"release_bytes": release_bytes, "source_bytes": source_bytes},
         "coverage_trials": extra.get("coverage_trials", []),
         "slowdown": extra.get("slowdown"),
+        "fingerprint": extra.get("fingerprint"),
         "eval": None,
         "bench": [],
         "audit": None,
@@ -231,15 +232,22 @@ def convert(
     source: Checkpoint, out: str | Path, *, stats: Stats | str | Path | None = None,
     options: ConvertOptions | None = None, calibration: str | Path | None = None,
     calibration_tokens: int | None = None, calibration_seed: int = 0, secret_file: str | Path | None = None,
-    overwrite: bool = False, progress: Progress = None,
+    overwrite: bool = False, progress: Progress = None, recipient: str | None = None,
+    ledger: str | Path | None = None, eval_tokens: int | None = None,
 ) -> tuple[ConvertResult, Secret]:
     """Write an (unsigned) release folder: calibrate (unless `stats`), plan, convert.
 
     Options are validated and the output folder checked before calibration starts. Measured choices
     (`--coverage auto`, `--slowdown`) are made by `packager.stages.plan.resolve`.
 
+    With `recipient`, the release is that recipient's fingerprinted copy (`packager.stages.fingerprint`):
+    `secret_file` is then the publisher's secret (default: beside the ledger), the hardening secret is
+    derived from it for this recipient, the calibration is the unfingerprinted source's, and an entry
+    is appended to `ledger` once the folder is written.
+
     Returns:
-        The result and the secret that seeded hardening (its `path` is where it was stored).
+        The result and the secret that seeded hardening (its `path` is where it was stored; a
+        recipient's derived secret has none).
 
     Raises:
         UsageError: bad options, checkpoint, statistics or output folder.
@@ -253,21 +261,62 @@ def convert(
         from packager.stages.plan.slowdown import check_supported
 
         check_supported(source)  # before the model is loaded and calibrated
-    secret = resolve_secret(secret_file, out)
-    model = None
     if isinstance(stats, (str, Path)):
         stats = Stats.load(Path(stats))
+    tokens = DEFAULT_TOKENS if calibration_tokens is None else calibration_tokens
+    fingerprint = None
+    if recipient is not None:
+        fingerprint, stats, model = _fingerprint(source, recipient=recipient, ledger=ledger, secret_file=secret_file,
+                                                 stats=stats, calibration=calibration, tokens=tokens,
+                                                 seed=calibration_seed, eval_tokens=eval_tokens, progress=progress)
+        source, secret = fingerprint[0].checkpoint, fingerprint[0].hardening
+    else:
+        secret = resolve_secret(secret_file, out)
+        model = None
     measuring = options.coverage is None or options.slowdown is not None
-    if measuring or (stats is None and calibration is None):
+    if model is None and (measuring or (stats is None and calibration is None)):
         # Measured choices need the model in memory; so does text sampled from it. Calibration from a
         # text file alone reads the checkpoint one decoder layer at a time.
         model = source.load_model(torch.float32)
     if stats is None:
-        tokens = DEFAULT_TOKENS if calibration_tokens is None else calibration_tokens
         stats = run_calibration(source, text=calibration, tokens=tokens, seed=calibration_seed, progress=progress,
                                 model=model)
     chosen = planning.resolve(source, model, stats, options, secret.value, progress=progress)
+    extra = {"coverage_trials": chosen.coverage_trials, "slowdown": chosen.slowdown}
+    if fingerprint is not None:
+        extra["fingerprint"] = fingerprint[1]
     result = write_release(source, out, stats=stats, options=chosen.options, plans=chosen.plans,
                            masks=chosen.masks, secret=secret, overwrite=overwrite, progress=progress,
-                           extra_record={"coverage_trials": chosen.coverage_trials, "slowdown": chosen.slowdown})
+                           extra_record=extra)
+    if fingerprint is not None:
+        from packager.stages.fingerprint import record_issue
+
+        record_issue(fingerprint[0], out, fingerprint[1])
     return result, secret
+
+
+def _fingerprint(source: Checkpoint, *, recipient: str, ledger, secret_file, stats, calibration, tokens: int,
+                 seed: int, eval_tokens: int | None, progress: Progress):
+    """(fingerprint, its record), the source's statistics, and the loaded model with the pattern added.
+
+    The unfingerprinted source model is loaded once: it gives the profile's statistics (when the ledger
+    has no profile of this source yet), the calibration (shared by every recipient) and the fidelity
+    reference; the pattern is then added to it in place for planning.
+    """
+    from packager.formats.ledger import default_ledger
+    from packager.stages import fingerprint as fp
+    from packager.stages.evaluate import DEFAULT_EVAL_TOKENS
+
+    fp.check_source(source, None)
+    model = source.load_model(torch.float32)
+    made, summary = fp.prepare(source, recipient=recipient, ledger=Path(ledger) if ledger else default_ledger(),
+                               secret_file=secret_file, text_ids=lambda: fp.calibration_ids(
+                                   source, model, calibration, tokens, seed), seed=seed, progress=progress,
+                               model=model)
+    if stats is None:
+        stats = run_calibration(source, text=calibration, tokens=tokens, seed=seed, progress=progress, model=model)
+    reporter(progress)("fingerprint: fidelity of the fingerprinted source against the source")
+    ids = fp.eval_ids(source, model, DEFAULT_EVAL_TOKENS if eval_tokens is None else eval_tokens)
+    fidelity = fp.source_fidelity(model, made.checkpoint.key, made.checkpoint.profile, ids)
+    fp.add_pattern(model, made.checkpoint.key, made.checkpoint.profile, made.checkpoint.dims)
+    return (made, made.record(fidelity, summary)), stats, model

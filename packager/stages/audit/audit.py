@@ -58,6 +58,7 @@ def audit(
     release_dir: str | Path, *, reference=None, secret_file: str | Path | None = None,
     max_recovered: float | None = None, attacks: Iterable[str] = ATTACK_NAMES,
     learning: LearningBudget | None = None, kerckhoffs_data: bool = False, progress: Progress = None,
+    export_rebuilt: str | Path | None = None, overwrite: bool = False,
 ) -> AuditReport:
     """Run the known attacks and the leak scan on a release.
 
@@ -74,6 +75,9 @@ def audit(
         learning: the learning attack's budget (its `tokens` also size the attacker's text).
         kerckhoffs_data: give the `kerckhoffs` attacker MLP inputs recorded on its own text (it then
             refits with their histogram); by default it uses no data at all.
+        export_rebuilt: write the model the strongest attack rebuilt (highest `rebuilt_top1` among the
+            attacks that rebuild every unit) as a plain transformers checkpoint to this folder
+            (`packager.stages.audit.export`); `overwrite` replaces an existing one.
 
     Returns:
         The report (also attached to `CheckFailed.details` when the threshold is missed).
@@ -104,6 +108,13 @@ def audit(
         if outside:
             raise UsageError(f"--learning-units {outside[0]} is out of range: this release has "
                              f"{len(release.units)} MLP units, numbered 0 to {len(release.units) - 1}")
+    if export_rebuilt is not None:
+        from packager.stages.audit.export import check_export
+
+        check_export(Path(export_rebuilt), release, overwrite=overwrite)
+        if not any(name in attacks for name in ("coefficient_ratio", "kerckhoffs")):
+            raise UsageError("--export-rebuilt needs an attack that rebuilds every unit (coefficient_ratio or "
+                             "kerckhoffs)")
     notes: list[str] = []
     secret_note = _check_secret(release, secret_file)
     if secret_note:
@@ -152,7 +163,7 @@ def audit(
         bench.io = capture_io(model, bench.units, data, inputs=inputs_of, outputs=bench.learning_units)
         bench.data = {"tokens": int(data.numel()), "source": source_name,
                       "seconds": round(time.perf_counter() - start, 3)}
-    results = []
+    results, rebuilt = [], {}
     for name in attacks:
         say(f"attack {name}")
         if name == "truncation":
@@ -162,8 +173,10 @@ def audit(
                 f"{_fmt(result.extra['effective_slowdown'])}, top-1 {result.rebuilt_top1:.4f} vs the "
                 f"{bench.compared_with}")
             continue
-        result = _run_attack(name, release, bench, kerckhoffs_data=kerckhoffs_data)
+        result, recovered = _run_attack(name, release, bench, kerckhoffs_data=kerckhoffs_data)
         results.append(result)
+        if len(recovered) == len(bench.units):
+            rebuilt[name] = (result.rebuilt_top1, recovered)
         say(f"  {name}: recovered {_fmt(result.recovered_fraction)}, relative error "
             f"{_fmt(result.relative_error)}, {result.seconds:.1f} s, rebuilt top-1 {result.rebuilt_top1:.4f} "
             f"vs the {bench.compared_with}")
@@ -175,6 +188,13 @@ def audit(
                          reference=(checkpoint.name if checkpoint is not None else None),
                          heldout_tokens=int(ids.numel()), release_top1=release_top1,
                          notes=notes + [f"held-out text: {text_source}"], hardware=hardware_name("cpu"))
+    if export_rebuilt is not None:
+        from packager.stages.audit.export import export_rebuilt as export
+
+        best = max(rebuilt, key=lambda name: rebuilt[name][0])
+        export(Path(export_rebuilt), release, rebuilt[best][1], overwrite=overwrite)
+        report.notes.append(f"rebuilt model of the '{best}' attack written to {export_rebuilt}")
+        say(f"wrote the '{best}' attack's rebuilt model to {export_rebuilt} (plain transformers checkpoint)")
     worst = report.max_recovered()
     if max_recovered is not None and worst is not None and worst > max_recovered:
         scored = [a for a in results if a.recovered_fraction is not None]
@@ -268,7 +288,8 @@ def _run_truncation(release: ReleaseFiles, bench: _Bench, *, progress: Progress)
                         extra=figures)
 
 
-def _run_attack(name: str, release: ReleaseFiles, bench: _Bench, *, kerckhoffs_data: bool) -> AttackResult:
+def _run_attack(name: str, release: ReleaseFiles, bench: _Bench, *, kerckhoffs_data: bool
+                ) -> tuple[AttackResult, dict[int, RecoveredMLP]]:
     """Run one attack on every unit it targets, score it and measure its rebuilt model."""
     from packager.stages.audit.attacks import coefficient_ratio, kerckhoffs
     from packager.stages.audit.attacks import learning as learning_attack
@@ -306,7 +327,7 @@ def _run_attack(name: str, release: ReleaseFiles, bench: _Bench, *, kerckhoffs_d
         name=name, recovered_fraction=tally.fraction, relative_error=tally.relative_error,
         seconds=round(seconds, 3), rebuilt_top1=rebuilt, rebuilt_compared_with=bench.compared_with,
         recovered_fraction_up_to_scale=tally.fraction_up_to_scale, units_attacked=len(attacked), extra=extra,
-    )
+    ), recovered
 
 
 def _fmt(value: float | None) -> str:

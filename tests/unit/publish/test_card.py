@@ -399,3 +399,21 @@ def test_the_truncation_attack_is_never_the_headlines_strongest_rebuild(record):
     _with_truncation(record)["audit"]["attacks"][-1]["rebuilt_top1"] = 0.99999
     glance = section(card.render(record), "At a glance")
     assert "truncation" not in glance.split("Protection", 1)[1].split("\n")[0]
+def test_a_fingerprinted_copy_says_it_carries_one_never_whose_and_its_cost(record):
+    assert "Leak attribution" not in card.render(record)  # an ordinary release has no such section
+    record["fingerprint"] = {
+        "scheme": "unswift-fingerprint-v1", "kl_budget": 3e-07, "ceiling": 0.01, "predicted_kl": 2.9e-07,
+        "sensitivity_tokens": 16384, "roles": 210,
+        "source_fidelity": {"top1": 0.99963, "kl": 3.1e-07, "tokens": 8176},
+    }
+    text = card.render(record)
+    body = section(text, "Leak attribution")
+    assert "carries a recipient fingerprint" in body and "Nothing in this release says whose copy" in body
+    assert "99.96" in body and "8176" in body  # its own cost, from the record
+    assert "unswift trace" in body and "distillation" in body
+    assert "## How it was made" in text.split("## Leak attribution", 1)[1]  # a section of its own
+    assert not FORBIDDEN.search(text)
+    numbers = re.findall(r"(?<![\w.])\d+\.\d+(?:e[-+]\d+)?", body)
+    known = numbers_of(record)
+    assert all(any(abs(float(n) - c) <= 0.006 * max(1.0, abs(c)) for c in known + [k * 100 for k in known])
+               for n in numbers), numbers
