@@ -175,13 +175,23 @@ def graph_decode(contenders: list[bench.Contender], token: torch.Tensor, context
 
 
 def _fixed_context_step(contender: bench.Contender, token: torch.Tensor):
-    """One decode step into the contender's static cache, then the cache cropped back (no host sync)."""
-    model, cache = contender.model, contender.cache
+    """One decode step into the contender's static cache that leaves it as it was (no host sync).
 
-    def step() -> None:
-        model(input_ids=token, **bench._cache_kwargs(model, cache))
-        cache.crop(-1)
-    return step
+    transformers >= ~5.20 keeps the static cache's length in a device tensor: the step is the forward
+    pass then the cache cropped back by one token. Older static caches have no `crop` and write where
+    `cache_position` says: the step passes the slot after the prompt explicitly.
+    """
+    model, cache = contender.model, contender.cache
+    kwargs = {**bench._cache_kwargs(model, cache), "input_ids": token}
+    if all(hasattr(layer, "crop") for layer in getattr(cache, "layers", [])):
+        def step() -> None:
+            model(**kwargs)
+            cache.crop(-1)
+        return step
+    slot = int(cache.get_seq_length())
+    position = torch.full((1,), slot, device=token.device, dtype=torch.long)
+    kwargs.update(cache_position=position, position_ids=position.expand(token.shape[0], 1))
+    return lambda: model(**kwargs)
 
 
 def eager(contenders, *, vocab, device, batch, context, steps, prefill_tokens) -> dict:
