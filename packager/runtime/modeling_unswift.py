@@ -106,8 +106,9 @@ class SeriesBasis(nn.Module):
     T_0 = u and T_1 = u s, each term a contiguous [..., S] slice (term-major), so every step is one
     vectorised pass without transcendental calls; the terms are transposed to channel-major once, in
     the copy that writes them into the features. Measured against cos(n·acos t) (hidden 576, 1,536
-    channels, order 8, one CPU thread): 7.1 -> 3.8 ms per MLP for a 128-token prefill, 77 -> 58 µs per
-    decoded token, and closer to the float64 series (docs/BENCHMARKS.md). With
+    channels, order 8, one CPU thread, `TaylorMLP.features` with its projection): 13.2 -> 9.7 ms per MLP
+    for a 128-token prefill, 6-8 % slower for one decoded token (one small kernel per term), and as close
+    to the float64 series (docs/BENCHMARKS.md, "Prefill against the FLOPs model"). With
     `extrapolation == "linear"` each basis function is continued by its tangent outside [-1, 1], so
     inputs beyond the calibrated interval cannot make the polynomial blow up: the tangent is added as
     two broadcast multiply-adds (above and below the interval). With `"none"` the recurrence runs on t
