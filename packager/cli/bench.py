@@ -34,7 +34,9 @@ def bench(release, reference, device, dtype, batches, context, steps, prefill_to
     thread (OMP_NUM_THREADS=1) steps are timed with the process's CPU time, so other processes sharing
     the machine do not count; otherwise with the wall clock. JSON fields: decode_slowdown,
     prefill_slowdown (median per-token time, release / reference), predicted_decode_slowdown (bytes read
-    per decoded token, release / reference), loader_overhead (measured / predicted), device, dtype,
+    per decoded token, release / reference), loader_overhead (measured / predicted),
+    predicted_prefill_slowdown (MLP and attention FLOPs per prefilled token, release / reference),
+    prefill_overhead (measured / predicted), flops_per_token, device, dtype,
     batch, context, decode_ms, prefill_ms_per_token, bytes_per_step, threads, hardware, clock
     ("process_cpu" or "wall"); `entries` holds one such object per batch size.
 
@@ -56,4 +58,5 @@ def bench(release, reference, device, dtype, batches, context, steps, prefill_to
         head = result.headline()
         report.say(f"decode {head.decode_slowdown:.2f}x slower (bytes model {head.predicted_decode_slowdown:.2f}x, "
                    f"loader overhead {head.loader_overhead:.3f}), prefill {head.prefill_slowdown:.2f}x "
+                   f"(FLOPs model {head.predicted_prefill_slowdown:.2f}x) "
                    f"[{head.device} {head.dtype} batch {head.batch}, {head.hardware}]")

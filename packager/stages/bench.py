@@ -1,4 +1,5 @@
-"""Measured slowdown of a release against its source, beside the bytes model's prediction.
+"""Measured slowdown of a release against its source, beside the bytes model's (decode) and FLOPs model's
+(prefill) predictions.
 
 Timing follows gpt-fast: warm-up first, the device synchronised before each clock read, and a fixed
 context so every decode step does the same work: a static KV cache holds `context` tokens, each timed
@@ -31,6 +32,7 @@ from packager.errors import UsageError
 from packager.formats.checkpoint import Checkpoint
 from packager.formats.safetensors import folder_tensors
 from packager.limits import check, check_each
+from packager.maths.flops import token_flops
 from packager.maths.sizing import predicted_decode_slowdown, step_bytes
 from packager.progress import Progress, reporter
 
@@ -51,6 +53,7 @@ class BenchEntry:
     decode_slowdown: float
     prefill_slowdown: float
     predicted_decode_slowdown: float
+    predicted_prefill_slowdown: float
     device: str
     dtype: str
     batch: int
@@ -58,6 +61,7 @@ class BenchEntry:
     decode_ms: dict  # median ms per decode step: {"reference", "release"}
     prefill_ms_per_token: dict  # median ms per prefilled token: {"reference", "release"}
     bytes_per_step: dict  # the bytes model: {"reference", "release"}
+    flops_per_token: dict  # the FLOPs model at the prefill's length: {"reference", "release"}
     steps: int
     prefill_tokens: int
     threads: int
@@ -69,8 +73,13 @@ class BenchEntry:
         """Measured / predicted decode slowdown: 1.0 when the release is exactly as slow as its bytes."""
         return self.decode_slowdown / self.predicted_decode_slowdown
 
+    @property
+    def prefill_overhead(self) -> float:
+        """Measured / predicted prefill slowdown: 1.0 when the release is exactly as slow as its FLOPs."""
+        return self.prefill_slowdown / self.predicted_prefill_slowdown
+
     def to_json(self) -> dict:
-        return {**asdict(self), "loader_overhead": self.loader_overhead}
+        return {**asdict(self), "loader_overhead": self.loader_overhead, "prefill_overhead": self.prefill_overhead}
 
 
 @dataclass(frozen=True)
@@ -325,20 +334,24 @@ def bench(
                                                  tokens=prefill_tokens)
         ours = step_bytes(release_tensors, rel.config, dtype=dtype_name, context=context, batch=batch)
         theirs = step_bytes(source_tensors, ref.config, dtype=dtype_name, context=context, batch=batch)
+        ours_flops = token_flops(release_tensors, ref.config, length=length).total
+        theirs_flops = token_flops(source_tensors, ref.config, length=length).total
         entry = BenchEntry(
             decode_slowdown=rel_s / ref_s, prefill_slowdown=rel_p / ref_p,
             predicted_decode_slowdown=predicted_decode_slowdown(
                 release_tensors, source_tensors, ref.config, dtype=dtype_name, context=context, batch=batch),
+            predicted_prefill_slowdown=ours_flops / theirs_flops,
             device=device.split(":")[0], dtype=dtype_name, batch=batch, context=context,
             decode_ms={"reference": ref_s * 1e3, "release": rel_s * 1e3},
             prefill_ms_per_token={"reference": ref_p * 1e3, "release": rel_p * 1e3},
             bytes_per_step={"reference": theirs.total, "release": ours.total},
+            flops_per_token={"reference": theirs_flops, "release": ours_flops},
             steps=steps, prefill_tokens=length * batch,
             threads=torch.get_num_threads() if device == "cpu" else 0, hardware=hardware,
             clock=clock_for(device)[0],
         )
         say(f"batch {batch}: decode {entry.decode_ms['reference']:.2f} -> {entry.decode_ms['release']:.2f} ms "
             f"({entry.decode_slowdown:.2f}x, bytes model {entry.predicted_decode_slowdown:.2f}x), prefill "
-            f"{entry.prefill_slowdown:.2f}x")
+            f"{entry.prefill_slowdown:.2f}x (FLOPs model {entry.predicted_prefill_slowdown:.2f}x)")
         entries.append(entry)
     return BenchReport(entries)

@@ -129,3 +129,26 @@ def test_taylor_fit_is_the_paper_series():
     g = torch.stack([torch.linspace(-1, 1, 11), torch.linspace(0.5, 2.5, 11)]).double()
     dense = sum(fit.coefficients[:, n : n + 1] * (g - centre[:, None]) ** n for n in range(7))
     assert torch.allclose(fit(g), dense)
+
+
+def test_weighted_fits_are_bit_identical_on_one_thread_and_several():
+    from packager.maths.series.fit import _CHANNEL_BLOCK, fit_weighted_orders
+
+    generator = torch.Generator().manual_seed(3)
+    channels = 2 * _CHANNEL_BLOCK + 37  # three blocks: spread over the threads when there are several
+    lo = -1.0 - 4.0 * torch.rand(channels, generator=generator)
+    hi = 1.0 + 4.0 * torch.rand(channels, generator=generator)
+    histogram = Histogram(lo, hi, torch.randint(0, 40, (channels, 256), generator=generator).float())
+    activation = get_activation("silu")
+    previous = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        single = fit_weighted_orders(activation, histogram, (8, 7, 16))
+        torch.set_num_threads(2)
+        several = fit_weighted_orders(activation, histogram, (8, 7, 16))
+        assert torch.get_num_threads() == 2  # restored after the blocks ran one per thread
+    finally:
+        torch.set_num_threads(previous)
+    for a, b in zip(single, several, strict=True):
+        for name in ("centre", "half_width", "coefficients", "error"):
+            assert torch.equal(getattr(a, name), getattr(b, name)), name

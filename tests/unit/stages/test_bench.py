@@ -57,6 +57,36 @@ def test_bytes_model_arithmetic_on_a_tiny_release(tiny_llama, uniform_release):
     assert predicted == pytest.approx(ours / expected)
 
 
+def test_flops_model_arithmetic_on_a_tiny_release(tiny_llama, uniform_release):
+    from packager.maths import flops
+
+    source = open_checkpoint(tiny_llama)
+    config = source.config
+    src, rel = folder_tensors(tiny_llama), folder_tensors(uniform_release)
+    layers, hidden, heads = config.num_hidden_layers, config.hidden_size, config.num_attention_heads
+    intermediate, kv = config.intermediate_size, config.num_key_value_heads
+    head_dim = hidden // heads
+    length = 9
+    # Attention: q, k, v, o projections; then 4 heads*head_dim FLOPs per attended position, (9 + 1) / 2 of them.
+    projections = 2 * (hidden * heads * head_dim * 2 + 2 * hidden * kv * head_dim)
+    scores = 4 * heads * head_dim * (length + 1) // 2
+    mlp = 2 * 3 * hidden * intermediate
+    theirs = flops.token_flops(src, config, length=length)
+    assert theirs.matmul == layers * (projections + mlp)  # no embedding, no LM head, no norm
+    assert theirs.attention == layers * scores
+    # The release: in_proj (2 I H) and Θ (H (S (N+1) + I - S)) instead of gate, up, down.
+    spec = json.loads((uniform_release / "config.json").read_text())["unswift"]["layers"]
+    ours = flops.token_flops(rel, config, length=length)
+    expected = sum(projections + 2 * hidden * (2 * intermediate + 7 * layer["expanded"] + intermediate
+                                                - layer["expanded"])
+                   for layer in spec)
+    assert ours.matmul == expected
+    assert ours.attention == theirs.attention
+    assert flops.predicted_prefill_slowdown(rel, src, config, length=length) == pytest.approx(
+        ours.total / theirs.total)
+    assert ours.total > theirs.total
+
+
 def test_sizer_predicts_the_release_it_will_write(tiny_llama, uniform_release, tiny_release):
     source = open_checkpoint(tiny_llama)
     sizer = sizing.ReleaseSizer(source, dtype="float32")
@@ -89,12 +119,17 @@ def test_bench_json_fields_and_record(tiny_llama, uniform_release, tmp_path):
     result = CliRunner().invoke(cli, [*args, "--record"])
     assert result.exit_code == 0, result.output
     report = _json(result)
-    for name in ("decode_slowdown", "prefill_slowdown", "predicted_decode_slowdown", "device", "dtype", "batch",
+    for name in ("decode_slowdown", "prefill_slowdown", "predicted_decode_slowdown", "predicted_prefill_slowdown",
+                 "prefill_overhead", "flops_per_token", "device", "dtype", "batch",
                  "context", "loader_overhead", "hardware", "threads", "entries"):
         assert name in report, name
     assert report["batch"] == 1 and report["device"] == "cpu" and report["dtype"] == "float32"
     assert [entry["batch"] for entry in report["entries"]] == [1, 2]
     assert report["predicted_decode_slowdown"] > 1.0
+    assert report["predicted_prefill_slowdown"] > 1.0
+    measured, predicted = report["prefill_slowdown"], report["predicted_prefill_slowdown"]
+    assert report["prefill_overhead"] == pytest.approx(measured / predicted)
+    assert report["flops_per_token"]["release"] > report["flops_per_token"]["reference"]
     # A second --record replaces the entries of the same (device, dtype, batch) and keeps the others.
     again = CliRunner().invoke(cli, [*args[:6], "--batch", "2", *args[10:], "--record"])
     assert again.exit_code == 0, again.output

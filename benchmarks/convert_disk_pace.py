@@ -1,0 +1,137 @@
+"""The conversion step against the disk's own pace, measured in the same run.
+
+Builds (once) the synthetic checkpoint of `synthetic_checkpoint.py` (4.4 GB fp32) and its calibration
+(as `convert_scaling.py` does), then, per round:
+  1. measures the disk: writes a file of the release's size (from the bytes model, `ReleaseSizer`) in
+     16 MiB blocks into the folder the release will be written to, fsync included, and deletes it;
+  2. runs `unswift convert --stats` (the conversion step: fits, transform, writing) in a child process,
+     then `sync`, timed together, with the child's peak RSS;
+and prints one JSON object: the write bandwidth, the conversion's seconds, and
+
+    ratio = convert seconds (with sync) / (release bytes / write bandwidth)
+
+i.e. how far the conversion is from writing its release at the disk's pace (1.0: exactly; the issue's
+target is at most 1.25), plus peak RSS against the bound of docs/BENCHMARKS.md (largest shard + one
+decoder layer + 1 GiB). Needs free disk for the checkpoint (4.4 GB) plus one release (11.8 GB at
+order 8, coverage 1.0) at a time; everything but the checkpoint and its statistics is deleted
+afterwards (`--clean` deletes those too).
+
+    python benchmarks/convert_disk_pace.py --work /tmp/pace [--rounds 2] [--order 8] [--coverage 1.0] [--clean]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent))
+
+from convert_scaling import _numel, _shapes, run  # noqa: E402
+
+BLOCK = 16 * 1024 * 1024
+
+
+def disk_write_bandwidth(folder: Path, size: int) -> dict:
+    """Bytes per second of a synced write of `size` bytes into `folder` (file deleted afterwards)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "disk-pace.bin"
+    block = os.urandom(BLOCK)  # incompressible, like weights
+    start = time.perf_counter()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        written = 0
+        while written < size:
+            written += os.write(fd, block[: min(BLOCK, size - written)])
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    seconds = time.perf_counter() - start
+    path.unlink()
+    subprocess.run(["sync"], check=True)
+    return {"bytes": written, "seconds": seconds, "bytes_per_second": written / seconds}
+
+
+def predicted_release_bytes(checkpoint: Path, order: int, coverage: float) -> int:
+    from packager.formats.checkpoint import open_checkpoint
+    from packager.maths.sizing import ReleaseSizer, weight_bytes
+
+    sizer = ReleaseSizer(open_checkpoint(checkpoint), dtype="float32")
+    return weight_bytes(sizer.tensors(order, sizer.uniform(coverage)))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--work", type=Path, default=Path("/tmp/unswift-pace"))
+    parser.add_argument("--order", type=int, default=8)
+    parser.add_argument("--coverage", default="1.0")
+    parser.add_argument("--tokens", type=int, default=1024, help="calibration tokens")
+    parser.add_argument("--max-shard-size", default="1GB")
+    parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--clean", action="store_true", help="delete the checkpoint and statistics at the end")
+    args = parser.parse_args()
+    work = args.work
+    work.mkdir(parents=True, exist_ok=True)
+    checkpoint = work / "synthetic"
+    if not (checkpoint / "model.safetensors.index.json").is_file():
+        subprocess.run([sys.executable, str(HERE / "synthetic_checkpoint.py"), str(checkpoint)], check=True)
+    env = dict(os.environ)
+    unswift = [sys.executable, "-c", "from packager.cli import main; main()"]
+    stats = work / "stats.safetensors"
+    if not stats.is_file():
+        text = work / "calibration.txt"
+        repo = HERE.parent
+        text.write_text("\n\n".join(p.read_text() for p in sorted([*repo.glob("docs/*.md"), repo / "README.md"])
+                                    if p.is_file()))
+        run([*unswift, "calibrate", str(checkpoint), "--out", str(stats), "--calibration", str(text),
+             "--calibration-tokens", str(args.tokens), "--overwrite", "--quiet"], env)
+    index = json.loads((checkpoint / "model.safetensors.index.json").read_text())
+    files = sorted(set(index["weight_map"].values()))
+    largest = max((checkpoint / f).stat().st_size for f in files)
+    layer_bytes = sum(4 * _numel(shape) for key, shape in _shapes(checkpoint, files).items()
+                      if key.startswith("model.layers.0."))
+    release_bytes = predicted_release_bytes(checkpoint, args.order, float(args.coverage))
+    results: dict = {"source_bytes": sum((checkpoint / f).stat().st_size for f in files),
+                     "predicted_release_bytes": release_bytes, "bound_bytes": largest + layer_bytes + 1024**3,
+                     "order": args.order, "coverage": args.coverage, "cpu_count": os.cpu_count(),
+                     "threads": env.get("OMP_NUM_THREADS", "default"), "rounds": []}
+    out = work / "release"
+    try:
+        for _ in range(args.rounds):
+            shutil.rmtree(out, ignore_errors=True)
+            subprocess.run(["sync"], check=True)
+            disk = disk_write_bandwidth(work, release_bytes)
+            time.sleep(5)
+            start = time.perf_counter()
+            convert = run([*unswift, "convert", str(checkpoint), "--out", str(out), "--stats", str(stats),
+                           "--order", str(args.order), "--coverage", args.coverage, "--max-shard-size",
+                           args.max_shard_size, "--overwrite", "--quiet"], env)
+            subprocess.run(["sync"], check=True)
+            seconds = time.perf_counter() - start
+            written = sum(f.stat().st_size for f in out.glob("*.safetensors"))
+            at_disk_pace = written / disk["bytes_per_second"]
+            round_ = {"disk": disk, "convert_seconds": convert["seconds"], "convert_seconds_with_sync": seconds,
+                      "release_bytes": written, "seconds_at_disk_pace": at_disk_pace,
+                      "ratio": seconds / at_disk_pace, "peak_rss_bytes": convert["peak_rss_bytes"],
+                      "within_bound": convert["peak_rss_bytes"] < results["bound_bytes"]}
+            results["rounds"].append(round_)
+            print(json.dumps(round_), file=sys.stderr, flush=True)
+            shutil.rmtree(out, ignore_errors=True)
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+        (work / "release.secret").unlink(missing_ok=True)
+        if args.clean:
+            shutil.rmtree(checkpoint, ignore_errors=True)
+            stats.unlink(missing_ok=True)
+    print(json.dumps(results))
+
+
+if __name__ == "__main__":
+    main()
