@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import torch
 
+from packager.errors import UsageError
+
 #: The dtypes a release can be written in and run at, by name.
 RUNTIME = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 RUNTIME_NAMES = tuple(RUNTIME)
@@ -27,6 +29,13 @@ FLOATING_CODES = frozenset({"F64", "F32", "F16", "BF16", "F8_E4M3", "F8_E5M2"})
 #: Runtime dtype name -> safetensors code.
 RUNTIME_CODES = {"float32": "F32", "bfloat16": "BF16", "float16": "F16"}
 _FROM_CODE = {code: dtype for dtype, code in SAFETENSORS_CODES.items()}
+
+
+def check_dtype(name: str | None, *, flag: str = "--dtype") -> str | None:
+    """Return `name` if a release can run at it (None passes: the default applies); UsageError otherwise."""
+    if name is not None and name not in RUNTIME:
+        raise UsageError(f"{flag} {name!r} is unknown; choose one of {', '.join(RUNTIME)}")
+    return name
 
 
 def runtime_dtype(name: str) -> torch.dtype:

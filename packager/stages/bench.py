@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 from packager.devices import check_device, default_device, hardware_name
-from packager.dtypes import RUNTIME
+from packager.dtypes import RUNTIME, check_dtype
 from packager.errors import UsageError
 from packager.formats.checkpoint import Checkpoint
 from packager.formats.safetensors import folder_tensors
@@ -272,8 +272,7 @@ def check_bench_options(*, device: str | None = None, dtype: str | None = None,
     check("--context", context)
     check("--steps", steps)
     check("--prefill-tokens", prefill_tokens)
-    if dtype is not None and dtype not in RUNTIME:
-        raise UsageError(f"--dtype {dtype!r} is unknown; choose one of {', '.join(RUNTIME)}")
+    check_dtype(dtype)
     check_device(device)
 
 

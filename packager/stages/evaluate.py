@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from packager.devices import check_device, hardware_name
-from packager.dtypes import RUNTIME
+from packager.dtypes import RUNTIME, check_dtype
 from packager.errors import CheckFailed, UsageError
 from packager.formats.checkpoint import Checkpoint
 from packager.limits import check
@@ -152,8 +152,7 @@ def check_eval_options(*, tokens: int | None = None, seed: int | None = None, dt
     check("--seed", seed)
     check("--min-top1", min_top1)
     check("--max-kl", max_kl)
-    if dtype is not None and dtype not in RUNTIME:
-        raise UsageError(f"--dtype {dtype!r} is unknown; choose one of {', '.join(RUNTIME)}")
+    check_dtype(dtype)
     check_device(device)
 
 
