@@ -17,6 +17,10 @@ order 8, coverage 1.0) at a time; everything but the checkpoint and its statisti
 afterwards (`--clean` deletes those too).
 
     python benchmarks/convert_disk_pace.py --work /tmp/pace [--rounds 2] [--order 8] [--coverage 1.0] [--clean]
+        [--intra-op-fits]
+
+`--intra-op-fits` runs the fits as before this round (channel blocks one after another, each kernel on
+torch's intra-op threads) for a side-by-side comparison; the release is the same either way.
 """
 
 from __future__ import annotations
@@ -107,6 +111,7 @@ def main() -> None:
     parser.add_argument("--max-shard-size", default="1GB")
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--clean", action="store_true", help="delete the checkpoint and statistics at the end")
+    parser.add_argument("--intra-op-fits", action="store_true", help="the fits as before (see above)")
     args = parser.parse_args()
     work = args.work
     work.mkdir(parents=True, exist_ok=True)
@@ -115,6 +120,9 @@ def main() -> None:
         subprocess.run([sys.executable, str(HERE / "synthetic_checkpoint.py"), str(checkpoint)], check=True)
     env = dict(os.environ)
     unswift = [sys.executable, "-c", "from packager.cli import main; main()"]
+    before = [sys.executable, "-c", "import packager.maths.series.fit as f; "
+              "f._map_blocks = lambda function, starts: [function(s) for s in starts]; "
+              "from packager.cli import main; main()"]
     stats = work / "stats.safetensors"
     if not stats.is_file():
         text = work / "calibration.txt"
@@ -132,7 +140,8 @@ def main() -> None:
     results: dict = {"source_bytes": sum((checkpoint / f).stat().st_size for f in files),
                      "predicted_release_bytes": release_bytes, "bound_bytes": largest + layer_bytes + 1024**3,
                      "order": args.order, "coverage": args.coverage, "cpu_count": os.cpu_count(),
-                     "threads": env.get("OMP_NUM_THREADS", "default"), "rounds": []}
+                     "threads": env.get("OMP_NUM_THREADS", "default"), "intra_op_fits": args.intra_op_fits,
+                     "rounds": []}
     out = work / "release"
     try:
         for _ in range(args.rounds):
@@ -141,7 +150,8 @@ def main() -> None:
             disk = disk_write_bandwidth(work, release_bytes)
             time.sleep(5)
             start = time.perf_counter()
-            convert = timed_convert([*unswift, "convert", str(checkpoint), "--out", str(out), "--stats",
+            command = before if args.intra_op_fits else unswift
+            convert = timed_convert([*command, "convert", str(checkpoint), "--out", str(out), "--stats",
                                      str(stats), "--order", str(args.order), "--coverage", args.coverage,
                                      "--max-shard-size", args.max_shard_size, "--overwrite"], env)
             subprocess.run(["sync"], check=True)
