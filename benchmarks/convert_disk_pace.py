@@ -5,7 +5,7 @@ Builds (once) the synthetic checkpoint of `synthetic_checkpoint.py` (4.4 GB fp32
   1. measures the disk: writes a file of the release's size (from the bytes model, `ReleaseSizer`) in
      16 MiB blocks into the folder the release will be written to, fsync included, and deletes it;
   2. runs `unswift convert --stats` (the conversion step: fits, transform, writing) in a child process,
-     then `sync`, timed together, with the child's peak RSS;
+     then `sync`, timed together, with the child's peak RSS and its phases (from its progress lines);
 and prints one JSON object: the write bandwidth, the conversion's seconds, and
 
     ratio = convert seconds (with sync) / (release bytes / write bandwidth)
@@ -17,6 +17,10 @@ order 8, coverage 1.0) at a time; everything but the checkpoint and its statisti
 afterwards (`--clean` deletes those too).
 
     python benchmarks/convert_disk_pace.py --work /tmp/pace [--rounds 2] [--order 8] [--coverage 1.0] [--clean]
+        [--intra-op-fits]
+
+`--intra-op-fits` runs the fits as before this round (channel blocks one after another, each kernel on
+torch's intra-op threads) for a side-by-side comparison; the release is the same either way.
 """
 
 from __future__ import annotations
@@ -37,6 +41,37 @@ sys.path.insert(0, str(HERE.parent))
 from convert_scaling import _numel, _shapes, run  # noqa: E402
 
 BLOCK = 16 * 1024 * 1024
+#: The child's peak RSS, printed as the last line of its stdout (as `convert_scaling.run` does).
+RSS = ("import resource, subprocess, sys, json; rc = subprocess.call(sys.argv[1:]); "
+       "print(json.dumps({'rc': rc, 'peak_rss_bytes': resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024}))")
+
+
+def timed_convert(args: list[str], env: dict) -> dict:
+    """Run `unswift convert` (progress lines on stderr) and time its phases from those lines.
+
+    start-up: until the first line; fits: until the first "MLP 1/" line (everything before the first
+    MLP tensor: the fits, the layout, the copied tensors); streaming: from there to the end.
+    """
+    start = time.perf_counter()
+    child = subprocess.Popen([sys.executable, "-c", RSS, *args], env=env, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    marks: dict[str, float] = {}
+    lines = []
+    for line in child.stderr:
+        now = time.perf_counter() - start
+        lines.append(line)
+        marks.setdefault("first_line", now)
+        if "MLP 1/" in line:
+            marks.setdefault("first_mlp", now)
+    stdout = child.stdout.read()
+    child.wait()
+    seconds = time.perf_counter() - start
+    result = json.loads(stdout.strip().splitlines()[-1])
+    if result["rc"] != 0:
+        raise SystemExit(f"convert exited {result['rc']}:\n{''.join(lines[-40:])}")
+    first, mlp = marks.get("first_line", 0.0), marks.get("first_mlp", seconds)
+    return {"seconds": seconds, "peak_rss_bytes": result["peak_rss_bytes"],
+            "phases": {"start_up": first, "fits_layout_copied": mlp - first, "streaming": seconds - mlp}}
 
 
 def disk_write_bandwidth(folder: Path, size: int) -> dict:
@@ -76,6 +111,7 @@ def main() -> None:
     parser.add_argument("--max-shard-size", default="1GB")
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--clean", action="store_true", help="delete the checkpoint and statistics at the end")
+    parser.add_argument("--intra-op-fits", action="store_true", help="the fits as before (see above)")
     args = parser.parse_args()
     work = args.work
     work.mkdir(parents=True, exist_ok=True)
@@ -84,6 +120,9 @@ def main() -> None:
         subprocess.run([sys.executable, str(HERE / "synthetic_checkpoint.py"), str(checkpoint)], check=True)
     env = dict(os.environ)
     unswift = [sys.executable, "-c", "from packager.cli import main; main()"]
+    before = [sys.executable, "-c", "import packager.maths.series.fit as f; "
+              "f._map_blocks = lambda function, starts: [function(s) for s in starts]; "
+              "from packager.cli import main; main()"]
     stats = work / "stats.safetensors"
     if not stats.is_file():
         text = work / "calibration.txt"
@@ -101,7 +140,8 @@ def main() -> None:
     results: dict = {"source_bytes": sum((checkpoint / f).stat().st_size for f in files),
                      "predicted_release_bytes": release_bytes, "bound_bytes": largest + layer_bytes + 1024**3,
                      "order": args.order, "coverage": args.coverage, "cpu_count": os.cpu_count(),
-                     "threads": env.get("OMP_NUM_THREADS", "default"), "rounds": []}
+                     "threads": env.get("OMP_NUM_THREADS", "default"), "intra_op_fits": args.intra_op_fits,
+                     "rounds": []}
     out = work / "release"
     try:
         for _ in range(args.rounds):
@@ -110,14 +150,16 @@ def main() -> None:
             disk = disk_write_bandwidth(work, release_bytes)
             time.sleep(5)
             start = time.perf_counter()
-            convert = run([*unswift, "convert", str(checkpoint), "--out", str(out), "--stats", str(stats),
-                           "--order", str(args.order), "--coverage", args.coverage, "--max-shard-size",
-                           args.max_shard_size, "--overwrite", "--quiet"], env)
+            command = before if args.intra_op_fits else unswift
+            convert = timed_convert([*command, "convert", str(checkpoint), "--out", str(out), "--stats",
+                                     str(stats), "--order", str(args.order), "--coverage", args.coverage,
+                                     "--max-shard-size", args.max_shard_size, "--overwrite"], env)
             subprocess.run(["sync"], check=True)
             seconds = time.perf_counter() - start
             written = sum(f.stat().st_size for f in out.glob("*.safetensors"))
             at_disk_pace = written / disk["bytes_per_second"]
             round_ = {"disk": disk, "convert_seconds": convert["seconds"], "convert_seconds_with_sync": seconds,
+                      "phases": convert["phases"], "load_average": os.getloadavg(),
                       "release_bytes": written, "seconds_at_disk_pace": at_disk_pace,
                       "ratio": seconds / at_disk_pace, "peak_rss_bytes": convert["peak_rss_bytes"],
                       "within_bound": convert["peak_rss_bytes"] < results["bound_bytes"]}
