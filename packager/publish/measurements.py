@@ -39,6 +39,7 @@ SLOWDOWN_COLUMNS: tuple[tuple[str, Callable[[dict, dict], str]], ...] = (
     ("decode slowdown", lambda entry, record: times(entry.get("decode_slowdown"))),
     ("bytes model predicts (decode)", lambda entry, record: times(entry.get("predicted_decode_slowdown"))),
     ("prefill slowdown", lambda entry, record: times(entry.get("prefill_slowdown"))),
+    ("FLOPs model predicts (prefill)", lambda entry, record: times(entry.get("predicted_prefill_slowdown"))),
 )
 
 #: What the bytes model does and does not predict: one sentence, under every slowdown table.
@@ -46,7 +47,9 @@ BYTES_MODEL = (
     "The bytes model counts the bytes of weights and KV cache read per decoded token, which set the pace "
     "of decoding at small batch; batched decode and prefill reuse every weight for many tokens and are "
     "bound by arithmetic instead, where the series' extra operations and the work both models share "
-    "count rather than bytes, so batched decode can sit below the prediction and prefill above it."
+    "count rather than bytes, so batched decode can sit below the prediction and prefill above it. For "
+    "prefill, the FLOPs model counts the multiply-adds of every weight matrix and of attention per prompt "
+    "token (not the feature build, norms or activations)."
 )
 
 CAUTION = (
