@@ -369,7 +369,18 @@ def _protection(audit: dict[str, Any] | None) -> str:
 #: What `unswift trace` named the right recipient after, on the demo model (docs/BENCHMARKS.md, "Leak
 #: attribution"): only what that benchmark measured and passed; the card shows no figure of it, because
 #: its figures are the demo model's, not this release's.
-TRACE_SURVIVED_ON_DEMO: tuple[str, ...] = ()
+TRACE_SURVIVED_ON_DEMO: tuple[str, ...] = (
+    "the release as shipped, or with its config's provenance fields and its record removed",
+    "the plain model an attacker rebuilds from it",
+    "that model reparametrised (residual rotation, head permutations, value/output mixing, rotary and MLP "
+    "channel changes, all at once)",
+    "a bfloat16 cast",
+    "int8 quantisation",
+    "4-bit GGUF quantisation (Q4_0)",
+    "LoRA fine-tuning (rank 16, 200 steps) merged",
+    "20 % magnitude pruning",
+    "the average of two or of three recipients' copies (each of them named)",
+)
 
 
 def _leak_attribution(fingerprint: dict[str, Any] | None) -> str:
