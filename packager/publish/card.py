@@ -378,6 +378,7 @@ TRACE_SURVIVED_ON_DEMO: tuple[str, ...] = (
     "int8 quantisation",
     "4-bit GGUF quantisation (Q4_0)",
     "LoRA fine-tuning (rank 16, 200 steps) merged",
+    "full fine-tuning (200 steps)",
     "20 % magnitude pruning",
     "the average of two or of three recipients' copies (each of them named)",
 )
