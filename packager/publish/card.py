@@ -407,7 +407,8 @@ def _leak_attribution(fingerprint: dict[str, Any] | None) -> str:
         "This copy carries a recipient fingerprint: secret-keyed weight changes, different for every recipient "
         "the publisher gave a copy to, from which the publisher (who keeps the secret and a ledger of "
         "recipients) can tell which recipient's copy a model found elsewhere derives from (`unswift trace`). "
-        "Nothing in this release says whose copy it is." + measured + survived
+        "Nothing unswift writes into this release names its recipient (the publisher's ledger does; the "
+        "repository's name is the publisher's choice)." + measured + survived
         + " Training a new model on this model's outputs (distillation) does not keep the fingerprint, and "
         "noise large enough to drown it costs fidelity; a trace names a recipient's copy, not who leaked it."
     )
