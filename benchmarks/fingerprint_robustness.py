@@ -8,7 +8,8 @@ appends one JSON object per measurement to benchmarks/results/fingerprint_demo.j
     releases   calibrate once; an unfingerprinted release and 8 recipients' releases (partner-00..07),
                `--order 8 --coverage 1.0`, one ledger; records each release's `fingerprint` field
                (the fingerprinted source against the source on 8,192 held-out tokens, float32)
-    eval       `unswift eval` of the unfingerprinted release and of partner-00..02 (8,192 tokens, float32)
+    eval       `unswift eval` of the unfingerprinted release and of partner-00..02 (8,192 tokens, float32);
+               `--teacher-forced-only`: its top-1 and KL alone (same function, text and tokens)
     rebuild    `unswift audit --attack kerckhoffs --export-rebuilt` for partner-00..02: plain models
     finetune   lora | full: from partner-00's rebuilt model, 200 steps, batch 1 x 128 tokens of text that
                is neither prompt set (the README/METADATA files of the installed packages); LoRA rank 16,
@@ -105,11 +106,37 @@ def step_releases(w: Work) -> None:
              "fingerprint": record["fingerprint"]})
 
 
-def step_eval(w: Work, names: list[str]) -> None:
+def step_eval(w: Work, names: list[str], teacher_forced_only: bool = False) -> None:
+    if teacher_forced_only:
+        step_eval_teacher_forced(w, names)
+        return
     for name in names:
         report = api.evaluate(w.release(name), w.ckpt, tokens=8192, dtype="float32", device="cpu")
         log({"step": "eval", "release": name, "top1": report.top1_agreement, "kl": report.kl_mean,
              "tokens": report.to_json().get("tokens")})
+
+
+def step_eval_teacher_forced(w: Work, names: list[str]) -> None:
+    """Top-1 and KL exactly as `unswift eval` computes them (`compare_logits`, same text, same cache entry),
+    without its noise floor and greedy continuations, which cost more than the comparison on a loaded CPU."""
+    from transformers import AutoModelForCausalLM
+
+    from packager.formats.checkpoint import open_checkpoint
+    from packager.stages.evaluate import DEFAULT_SEQ_LEN, EVAL_SEED_OFFSET, compare_logits, load_release
+    from packager.stages.text import sample_text
+
+    reference = open_checkpoint(w.ckpt)
+    ref = AutoModelForCausalLM.from_pretrained(w.ckpt, dtype=torch.float32).eval()
+    text = sample_text(ref, reference.load_tokenizer(), kind="eval", tokens=8192, seq_len=DEFAULT_SEQ_LEN,
+                       seed=EVAL_SEED_OFFSET,
+                       cache_key=f"{json.dumps(reference.file_digests(), sort_keys=True)}/float32")
+    for name in names:
+        start = time.process_time()
+        rel = load_release(w.release(name), dtype=torch.float32, device="cpu")
+        agreement = compare_logits(ref, rel, text.ids)
+        log({"step": "eval", "mode": "teacher-forced only", "release": name, "top1": agreement.top1_agreement,
+             "kl": agreement.kl_mean, "tokens": agreement.tokens,
+             "process_seconds": round(time.process_time() - start)})
 
 
 def step_rebuild(w: Work, names: list[str]) -> None:
@@ -364,12 +391,14 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path("/tmp/unswift-fingerprint-bench"))
     parser.add_argument("--ckpt", type=Path, default=Path.home() / ".cache/unswift/demo/SmolLM2-135M-Instruct")
     parser.add_argument("--keys", type=int, default=1000)
+    parser.add_argument("--teacher-forced-only", action="store_true",
+                        help="eval: top-1 and KL only (no noise floor, no greedy continuations)")
     ns = parser.parse_args()
     WORK = Work(ns.work, ns.ckpt)
     if ns.step == "releases":
         step_releases(WORK)
     elif ns.step == "eval":
-        step_eval(WORK, ns.args or ["plain", *RECIPIENTS[:3]])
+        step_eval(WORK, ns.args or ["plain", *RECIPIENTS[:3]], teacher_forced_only=ns.teacher_forced_only)
     elif ns.step == "rebuild":
         step_rebuild(WORK, ns.args or RECIPIENTS[:3])
     elif ns.step == "finetune":

@@ -14,7 +14,19 @@ from packager.publish.formatting import number, percent
 
 #: What `unswift trace` named the right recipient after on the demo model, in words: only what that
 #: benchmark measured and passed (docs/BENCHMARKS.md, "Leak attribution").
-TRACE_SURVIVED_ON_DEMO: tuple[str, ...] = ()
+TRACE_SURVIVED_ON_DEMO: tuple[str, ...] = (
+    "the release as shipped, or with its config's provenance fields and its record removed",
+    "the plain model an attacker rebuilds from it",
+    "that model reparametrised (residual rotation, head permutations, value/output mixing, rotary and MLP "
+    "channel changes, all at once)",
+    "a bfloat16 cast",
+    "int8 quantisation",
+    "4-bit GGUF quantisation (Q4_0)",
+    "LoRA fine-tuning (rank 16, 200 steps) merged",
+    "full fine-tuning (200 steps)",
+    "20 % magnitude pruning",
+    "the average of two or of three recipients' copies (each of them named)",
+)
 
 
 def section(fingerprint: dict[str, Any] | None) -> str:
@@ -40,7 +52,8 @@ def section(fingerprint: dict[str, Any] | None) -> str:
         "This copy carries a recipient fingerprint: secret-keyed weight changes, different for every recipient "
         "the publisher gave a copy to, from which the publisher (who keeps the secret and a ledger of "
         "recipients) can tell which recipient's copy a model found elsewhere derives from (`unswift trace`). "
-        "Nothing in this release says whose copy it is." + measured + survived
+        "Nothing unswift writes into this release names its recipient (the publisher's ledger does; the "
+        "repository's name is the publisher's choice)." + measured + survived
         + " Training a new model on this model's outputs (distillation) does not keep the fingerprint, and "
         "noise large enough to drown it costs fidelity; a trace names a recipient's copy, not who leaked it."
     )

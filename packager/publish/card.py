@@ -301,8 +301,8 @@ def _recipient(fingerprint: dict[str, Any] | None) -> str | None:
     """The one sentence about a recipient fingerprint (never whose), at the end of "What this is"."""
     if not fingerprint:
         return None
-    return ("Leak attribution: this copy carries a recipient fingerprint, and nothing in it says whose "
-            "(see \"Leak attribution\" below).")
+    return ("Leak attribution: this copy carries a recipient fingerprint; nothing unswift writes into it names "
+            "the recipient (see \"Leak attribution\" below).")
 
 
 def _where_note(hub: dict[str, Any]) -> str:

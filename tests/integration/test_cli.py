@@ -10,7 +10,7 @@ from click.testing import CliRunner
 from packager.cli import cli, main
 from packager.cli._options import DEFAULT_TOKENS
 
-COMMANDS = ["release", "calibrate", "convert", "eval", "bench", "audit", "card", "keygen", "sign", "verify",
+COMMANDS = ["release", "calibrate", "convert", "eval", "bench", "audit", "trace", "card", "keygen", "sign", "verify",
             "push", "demo-checkpoint"]
 
 

@@ -256,3 +256,7 @@ def test_release_recipients_pushes_one_commit_each_and_trace_names_the_repo(
     traced, fields = _trace("org/globex-model", tiny_llama, ledger, "--endpoint", hub_double.url)
     assert traced.exit_code == 0, traced.output
     assert fields["identified"] == "globex" and fields["suspect"] == "org/globex-model@main"
+    card_text = (tmp_path / "out" / "globex" / "README.md").read_text()
+    assert "## Leak attribution" in card_text and "carries a recipient fingerprint" in card_text
+    outside_repo_id = card_text.replace("org/globex-model", "").replace("./globex-model", "").lower()
+    assert "globex" not in outside_repo_id and "acme" not in outside_repo_id  # never whose copy

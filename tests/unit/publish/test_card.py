@@ -408,7 +408,8 @@ def test_a_fingerprinted_copy_says_it_carries_one_never_whose_and_its_cost(recor
     }
     text = card.render(record)
     body = section(text, "Leak attribution")
-    assert "carries a recipient fingerprint" in body and "Nothing in this release says whose copy" in body
+    assert "carries a recipient fingerprint" in body
+    assert "Nothing unswift writes into this release names its recipient" in body
     assert "99.96" in body and "8176" in body  # its own cost, from the record
     assert "unswift trace" in body and "distillation" in body
     assert "## How it was made" in text.split("## Leak attribution", 1)[1]  # a section of its own
