@@ -6,7 +6,7 @@
 #   fresh process and answer a prompt beside the original -> a short summary and the path of every output.
 # The key pair, the secret, the release and its JSON land in ./demo; re-running resumes.
 # By default every measurement runs on the quick budget (`--budget quick`: smaller samples, a few minutes);
-# `bash scripts/demo.sh --full` measures at full size (about four times the work), in ./demo-full.
+# `bash scripts/demo.sh --full` measures at full size (docs/INTERFACE.md#budgets), in ./demo-full.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 budget=quick

@@ -30,7 +30,7 @@ class Budget:
         return asdict(self)
 
 
-#: `full` is what every stage does by default; `quick` is the demo's (about a quarter of the work).
+#: `full` is what every stage does by default; `quick` is the demo's.
 BUDGETS: dict[str, Budget] = {
     "full": Budget("full", calibration_tokens=16384, eval_tokens=8192, greedy_tokens=64, bench_steps=20,
                    learning_steps=300, attacker_tokens=2048),
