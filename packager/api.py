@@ -384,8 +384,8 @@ def trace(suspect: str | Path, *, reference: str | Path | Checkpoint, ledger: st
 
 
 def release_recipients(checkpoint: str | Path | Checkpoint, recipients: str | Path, **options) -> list[ReleaseReport]:
-    """One fingerprinted release and push per `NAME REPO` line (see `packager.release.release_recipients`)."""
-    from packager.release import release_recipients as run
+    """One fingerprinted release and push per `NAME REPO` line (see `packager.recipients.release_recipients`)."""
+    from packager.recipients import release_recipients as run
 
     return run(open_source(checkpoint), recipients, **options)
 

@@ -21,7 +21,7 @@ LAYERS = [
     {"formats"},
     {"stages"},
     {"publish"},
-    {"release", "api"},
+    {"release", "recipients", "api"},
     {"cli"},
 ]
 LAYER_OF = {part: level for level, parts in enumerate(LAYERS) for part in parts}
