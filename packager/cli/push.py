@@ -81,7 +81,8 @@ def push_command(
       AutoModelForCausalLM.from_pretrained("my-org/model", revision="v1", trust_remote_code=True)
 
     \b
-    Exit codes: 0 pushed (or already there), 2 bad input (nothing pushed), 3 network/Hub error (re-run).
+    Exit codes: 0 pushed (or already there), 1 the new commit does not hold exactly the release, 2 bad input
+    (nothing pushed), 3 network/Hub error (re-run).
     """
     env = {"HF_ENDPOINT": endpoint, "HF_HUB_DISABLE_XET": "1" if no_xet else None}
     with reporting("push", as_json=as_json, quiet=quiet, debug=debug) as report, _exported(env):
