@@ -69,6 +69,13 @@ class Histogram:
         step = (self.hi - self.lo).double() / bins
         return self.lo.double() + step * (index.double() + frac)
 
+    def interval(self, trim: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """(centre, half width) per channel of the fitting interval with `trim` of the mass cut off each side."""
+        lo = self.quantile(trim) if trim > 0 else self.lo.double()
+        hi = self.quantile(1.0 - trim) if trim > 0 else self.hi.double()
+        hi = torch.maximum(hi, lo + 1e-6)
+        return (lo + hi) / 2, (hi - lo) / 2
+
 
 @dataclass(frozen=True)
 class ChannelFit:
@@ -151,10 +158,7 @@ def fit_weighted_orders(
     density = histogram.density
     best: list[ChannelFit | None] = [None] * len(orders)
     for trim in trims:
-        lo = histogram.quantile(trim) if trim > 0 else histogram.lo.double()
-        hi = histogram.quantile(1.0 - trim) if trim > 0 else histogram.hi.double()
-        hi = torch.maximum(hi, lo + 1e-6)
-        centre, half_width = (lo + hi) / 2, (hi - lo) / 2
+        centre, half_width = histogram.interval(trim)
         t = (x - centre.unsqueeze(-1)) / half_width.unsqueeze(-1)
         inside = (t.abs() <= 1.0).double()
         uniform = inside / inside.sum(-1, keepdim=True).clamp(min=1.0)
@@ -253,10 +257,7 @@ def fit_fine(activation: Activation, histogram: Histogram, order: int, *, extrap
         node_weight = _gauss_legendre(points)[1].repeat(part.counts.shape[-1])  # each node's share of its bin
         best = None
         for trim in trims:
-            lo = part.quantile(trim) if trim > 0 else part.lo.double()
-            hi = part.quantile(1.0 - trim) if trim > 0 else part.hi.double()
-            hi = torch.maximum(hi, lo + 1e-6)
-            centre, half = (lo + hi) / 2, (hi - lo) / 2
+            centre, half = part.interval(trim)
             t = (g - centre.unsqueeze(-1)) / half.unsqueeze(-1)
             inside = (t.abs() <= 1.0).double() * node_weight
             uniform = inside / inside.sum(-1, keepdim=True).clamp(min=1e-300)
