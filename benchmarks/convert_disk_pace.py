@@ -25,7 +25,6 @@ torch's intra-op threads) for a side-by-side comparison; the release is the same
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
@@ -38,7 +37,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
-from convert_scaling import _numel, _shapes, run  # noqa: E402
+from convert_scaling import _numel, _shapes, conversion_parser, run, synthetic_checkpoint  # noqa: E402
 
 BLOCK = 16 * 1024 * 1024
 #: The child's peak RSS, printed as the last line of its stdout (as `convert_scaling.run` does).
@@ -103,21 +102,13 @@ def predicted_release_bytes(checkpoint: Path, order: int, coverage: float) -> in
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--work", type=Path, default=Path("/tmp/unswift-pace"))
-    parser.add_argument("--order", type=int, default=8)
-    parser.add_argument("--coverage", default="1.0")
-    parser.add_argument("--tokens", type=int, default=1024, help="calibration tokens")
-    parser.add_argument("--max-shard-size", default="1GB")
+    parser = conversion_parser(__doc__, "/tmp/unswift-pace")
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--clean", action="store_true", help="delete the checkpoint and statistics at the end")
     parser.add_argument("--intra-op-fits", action="store_true", help="the fits as before (see above)")
     args = parser.parse_args()
     work = args.work
-    work.mkdir(parents=True, exist_ok=True)
-    checkpoint = work / "synthetic"
-    if not (checkpoint / "model.safetensors.index.json").is_file():
-        subprocess.run([sys.executable, str(HERE / "synthetic_checkpoint.py"), str(checkpoint)], check=True)
+    checkpoint = synthetic_checkpoint(work)
     env = dict(os.environ)
     unswift = [sys.executable, "-c", "from packager.cli import main; main()"]
     before = [sys.executable, "-c", "import packager.maths.series.fit as f; "

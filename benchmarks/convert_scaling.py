@@ -47,22 +47,34 @@ def run(args: list[str], env: dict) -> dict:
     return result
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--work", type=Path, default=Path("/tmp/unswift-scaling"))
+def conversion_parser(doc: str, work: str) -> argparse.ArgumentParser:
+    """The options every conversion benchmark on the synthetic checkpoint shares."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--work", type=Path, default=Path(work))
     parser.add_argument("--order", type=int, default=8)
     parser.add_argument("--coverage", default="1.0")
     parser.add_argument("--tokens", type=int, default=1024, help="calibration tokens")
-    parser.add_argument("--text", type=Path, default=None, help="calibration text (default: the repo's docs)")
     parser.add_argument("--max-shard-size", default="1GB")
-    parser.add_argument("--skip-whole", action="store_true", help="skip run 3 (convert with calibration)")
-    parser.add_argument("--reuse-stats", action="store_true", help="skip run 1 when its statistics exist")
-    args = parser.parse_args()
-    work = args.work
+    return parser
+
+
+def synthetic_checkpoint(work: Path) -> Path:
+    """`work/synthetic`, built once by `synthetic_checkpoint.py` (in its own process: it frees its memory)."""
     work.mkdir(parents=True, exist_ok=True)
     checkpoint = work / "synthetic"
     if not (checkpoint / "model.safetensors.index.json").is_file():
         subprocess.run([sys.executable, str(HERE / "synthetic_checkpoint.py"), str(checkpoint)], check=True)
+    return checkpoint
+
+
+def main() -> None:
+    parser = conversion_parser(__doc__, "/tmp/unswift-scaling")
+    parser.add_argument("--text", type=Path, default=None, help="calibration text (default: the repo's docs)")
+    parser.add_argument("--skip-whole", action="store_true", help="skip run 3 (convert with calibration)")
+    parser.add_argument("--reuse-stats", action="store_true", help="skip run 1 when its statistics exist")
+    args = parser.parse_args()
+    work = args.work
+    checkpoint = synthetic_checkpoint(work)
     text = args.text or work / "calibration.txt"
     if not text.is_file():
         repo = HERE.parent
