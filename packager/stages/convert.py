@@ -264,12 +264,13 @@ def convert(
     if isinstance(stats, (str, Path)):
         stats = Stats.load(Path(stats))
     tokens = DEFAULT_TOKENS if calibration_tokens is None else calibration_tokens
-    fingerprint = None
+    made = fingerprint = None  # a recipient's fingerprinted source, and its record section
     if recipient is not None:
-        fingerprint, stats, model = _fingerprint(source, recipient=recipient, ledger=ledger, secret_file=secret_file,
-                                                 stats=stats, calibration=calibration, tokens=tokens,
-                                                 seed=calibration_seed, eval_tokens=eval_tokens, progress=progress)
-        source, secret = fingerprint[0].checkpoint, fingerprint[0].hardening
+        made, fingerprint, stats, model = _fingerprint(source, recipient=recipient, ledger=ledger,
+                                                       secret_file=secret_file, stats=stats, calibration=calibration,
+                                                       tokens=tokens, seed=calibration_seed, eval_tokens=eval_tokens,
+                                                       progress=progress)
+        source, secret = made.checkpoint, made.hardening
     else:
         secret = resolve_secret(secret_file, out)
         model = None
@@ -284,20 +285,21 @@ def convert(
     chosen = planning.resolve(source, model, stats, options, secret.value, progress=progress)
     extra = {"coverage_trials": chosen.coverage_trials, "slowdown": chosen.slowdown}
     if fingerprint is not None:
-        extra["fingerprint"] = fingerprint[1]
+        extra["fingerprint"] = fingerprint
     result = write_release(source, out, stats=stats, options=chosen.options, plans=chosen.plans,
                            masks=chosen.masks, secret=secret, overwrite=overwrite, progress=progress,
                            extra_record=extra)
-    if fingerprint is not None:
+    if made is not None:
         from packager.stages.fingerprint import record_issue
 
-        record_issue(fingerprint[0], out, fingerprint[1])
+        record_issue(made, out, fingerprint)
     return result, secret
 
 
 def _fingerprint(source: Checkpoint, *, recipient: str, ledger, secret_file, stats, calibration, tokens: int,
                  seed: int, eval_tokens: int | None, progress: Progress):
-    """(fingerprint, its record), the source's statistics, and the loaded model with the pattern added.
+    """The fingerprinted source, its record section, the source's statistics, and the loaded model with the
+    pattern added.
 
     The unfingerprinted source model is loaded once: it gives the profile's statistics (when the ledger
     has no profile of this source yet), the calibration (shared by every recipient) and the fidelity
@@ -319,4 +321,4 @@ def _fingerprint(source: Checkpoint, *, recipient: str, ledger, secret_file, sta
     ids = fp.eval_ids(source, model, DEFAULT_EVAL_TOKENS if eval_tokens is None else eval_tokens)
     fidelity = fp.source_fidelity(model, made.checkpoint.key, made.checkpoint.profile, ids)
     fp.add_pattern(model, made.checkpoint.key, made.checkpoint.profile, made.checkpoint.dims)
-    return (made, made.record(fidelity, summary)), stats, model
+    return made, made.record(fidelity, summary), stats, model
