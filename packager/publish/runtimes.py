@@ -30,8 +30,8 @@ def runs_with(record: dict[str, Any], repo: str, revision: str) -> str:
     rows = [
         ("transformers (`trust_remote_code=True`)",
          f"yes, `transformers{transformers}`: the release ships its modelling code (`modeling_unswift.py`). "
-         "unswift's tests load releases of 13 families in a fresh process, greedy tokens equal to the plain "
-         "series"),
+         "unswift's tests load releases of 13 families in a fresh process and compare their logits with the "
+         "source's (KL and largest difference within stated bounds)"),
         ("transformers without `trust_remote_code`",
          f"no: the model type `{model_type_name}` is not built into transformers, so loading fails with an error"),
         ("transformers `pipeline`, `device_map=\"auto\"` with CPU/disk offload (accelerate), left-padded "
