@@ -72,12 +72,15 @@ def _tensor_parallel(transform: dict[str, Any]) -> str:
     allocation = (transform.get("allocation") or {}).get("kind")
     coverage = transform.get("coverage")
     uniform = allocation in (None, "uniform") and isinstance(coverage, int | float) and coverage >= 1.0
+    vllm = ("; vLLM splits attention and keeps the series whole on every rank, with the same greedy tokens as "
+            "one process on two CPU workers")
     if uniform:
-        return ("yes: attention splits by the family's plan and the series by channel (every channel has the "
-                "same order here); unswift's tests match one process within 1e-6 on two CPU ranks")
+        return ("yes: with transformers, attention splits by the family's plan and the series by channel (every "
+                "channel has the same order here), and unswift's tests match one process within 1e-6 on two CPU "
+                "ranks" + vllm)
     return ("yes, with the series whole on every rank (this release's channels have different orders or "
             "not all are expanded, so the series does not split); attention splits by the family's plan; "
-            "unswift's tests match one process within 1e-6 on two CPU ranks")
+            "unswift's tests match one process within 1e-6 on two CPU ranks" + vllm)
 
 
 def _vllm_snippet(repo: str, revision: str) -> str:
