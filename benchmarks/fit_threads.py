@@ -42,7 +42,7 @@ def main() -> None:
     units = mlp_units(checkpoint)[: args.units]
     downs = [checkpoint.adapter.read_mlp(checkpoint, unit, parts=("down",))["down"].double().norm(dim=0)
              for unit in units]
-    blocks = fit._map_blocks
+    blocks = fit.map_blocks
 
     def serial(function, starts):
         return [function(start) for start in starts]
@@ -50,7 +50,7 @@ def main() -> None:
     times: dict[str, list[float]] = {"blocks": [], "intra_op": []}
     for round_ in range(args.rounds):
         for name in (("blocks", "intra_op") if round_ % 2 == 0 else ("intra_op", "blocks")):
-            fit._map_blocks = blocks if name == "blocks" else serial
+            fit.map_blocks = blocks if name == "blocks" else serial
             try:
                 plans = []
                 for down, layer_stats in zip(downs, stats.layers, strict=False):
@@ -59,7 +59,7 @@ def main() -> None:
                                            normalise=True, allocation="boost"))
                     times[name].append(time.perf_counter() - start)
             finally:
-                fit._map_blocks = blocks
+                fit.map_blocks = blocks
             if name == "blocks":
                 reference = plans
             else:

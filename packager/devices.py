@@ -74,3 +74,20 @@ def hardware_name(device: str) -> str:
     except OSError:
         pass
     return f"{model}, {os.cpu_count()} cores"
+
+
+def available_memory(device) -> int:
+    """Bytes that can still be allocated on `device` (a torch.device; CUDA: free memory; CPU: the kernel's
+    MemAvailable)."""
+    if device.type == "cuda":
+        import torch
+
+        return int(torch.cuda.mem_get_info(device)[0])
+    try:
+        with open("/proc/meminfo") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")

@@ -3,7 +3,9 @@
 Two passes over the calibration text with forward hooks: the first gathers min, max, mean and variance
 (float64, merged per batch with Chan's parallel formula), the RMS of the up projection and each dense
 unit's output energy ||y||^2 (mean and median over tokens: the padding criterion's scale); the second
-fills a fixed-width histogram per channel over [min, max]. The last tenth of the sequences is held out
+fills a fixed-width histogram per channel over [min, max]. When the first pass's pre-activations fit in
+memory (`KEEP_ACTIVATIONS_BYTES`), the histograms are filled from them instead: the same values, one
+forward pass fewer. The last tenth of the sequences is held out
 and only counted: how often held-out activations fall outside the calibrated range.
 """
 
@@ -159,21 +161,30 @@ def gather(checkpoint: Checkpoint, token_text: TokenText, *, model=None, device:
     outside = torch.zeros(2, dtype=torch.float64)  # [outside, total] of held-out activations
     mode = ["off"]  # what the hooks do now: "moments", "histogram", "heldout" or "off"
 
+    kept: list[list[torch.Tensor]] | None = None  # pass 1's pre-activations, when they fit in memory
+
+    def histogram(index: int, g: torch.Tensor) -> None:
+        m = moments[index]
+        g = g.double().cpu()
+        width = (m.max - m.min).clamp(min=1e-12)
+        index_in = ((g - m.min) / width * bins).long().clamp(0, bins - 1)
+        flat = index_in + torch.arange(g.shape[1]) * bins
+        found = torch.bincount(flat.flatten(), minlength=g.shape[1] * bins).view(-1, bins).double()
+        counts[index] = found if counts[index] is None else counts[index] + found
+
     def sink(index: int, g: torch.Tensor, u: torch.Tensor | None) -> None:
         if mode[0] == "moments":
             moments[index].add(g, u)
+            if kept is not None:
+                kept[index].append(g.detach().to("cpu", copy=True))
             return
-        m = moments[index]
-        g = g.double().cpu()
         if mode[0] == "heldout":
+            m = moments[index]
+            g = g.double().cpu()
             outside[0] += ((g < m.min) | (g > m.max)).sum()
             outside[1] += g.numel()
         elif mode[0] == "histogram":
-            width = (m.max - m.min).clamp(min=1e-12)
-            index_in = ((g - m.min) / width * bins).long().clamp(0, bins - 1)
-            flat = index_in + torch.arange(g.shape[1]) * bins
-            found = torch.bincount(flat.flatten(), minlength=g.shape[1] * bins).view(-1, bins).double()
-            counts[index] = found if counts[index] is None else counts[index] + found
+            histogram(index, g)
 
     energies: list[list[torch.Tensor]] = [[] for _ in units]  # per-token ||y||^2 of dense units (pass 1)
 
@@ -197,16 +208,29 @@ def gather(checkpoint: Checkpoint, token_text: TokenText, *, model=None, device:
                    out_sink=out_sink, check_seen=check_seen, progress=say)
     else:
         first_device = _input_device(model)
-        say(f"calibration pass 1/2 over {fit_ids.numel()} tokens")
+        if _keeps_activations(checkpoint, fit_ids.numel()):
+            kept = [[] for _ in units]
+        say(f"calibration pass 1/{1 if kept is not None else 2} over {fit_ids.numel()} tokens")
         with _mlp_hooks(checkpoint, model, sink, out_sink):
             mode[0] = "moments"
             for batch in _batches(fit_ids, batch_size):
                 model(input_ids=batch.to(first_device))
             check_seen(range(len(units)))
-            say("calibration pass 2/2 (histograms, held-out range check)")
-            mode[0] = "histogram"
-            for batch in _batches(fit_ids, batch_size):
-                model(input_ids=batch.to(first_device))
+            if kept is not None:  # the histograms from what pass 1 saw: the same values, no second forward
+                say("calibration histograms (from pass 1's activations), held-out range check")
+                from packager.maths.series.fit import map_blocks
+
+                def unit_histogram(index: int) -> None:  # counts are exact integers: any order adds up the same
+                    histogram(index, torch.cat(kept[index]))
+                    kept[index] = []
+
+                map_blocks(unit_histogram, list(range(len(kept))))  # bincount is single-threaded: units in parallel
+                kept = None
+            else:
+                say("calibration pass 2/2 (histograms, held-out range check)")
+                mode[0] = "histogram"
+                for batch in _batches(fit_ids, batch_size):
+                    model(input_ids=batch.to(first_device))
             mode[0] = "heldout"
             for batch in _batches(held_ids, batch_size):
                 model(input_ids=batch.to(first_device))
@@ -228,6 +252,27 @@ def gather(checkpoint: Checkpoint, token_text: TokenText, *, model=None, device:
         heldout_outside_fraction=float(outside[0] / outside[1].clamp(min=1)),
         source_digest=_source_digest(checkpoint),
     )
+
+
+#: Pass 1's pre-activations are kept (and pass 2's forward skipped) while they take at most this many
+#: bytes and a quarter of the memory available.
+KEEP_ACTIVATIONS_BYTES = 2 * 1024**3
+
+
+def _keeps_activations(checkpoint: Checkpoint, tokens: int) -> bool:
+    """Whether every unit's float32 pre-activations over `tokens` fit the memory allowed for them.
+
+    Dense models only (one unit per decoder layer, of `intermediate_size`): experts see only the tokens
+    routed to them and keep the two passes.
+    """
+    from packager.devices import available_memory
+
+    units = checkpoint.adapter.units(checkpoint.config)
+    width = getattr(checkpoint.config, "intermediate_size", None)
+    if not width or any(unit.expert is not None for unit in units) or len(units) != checkpoint.num_layers:
+        return False
+    needed = 4 * tokens * int(width) * len(units)
+    return needed <= min(KEEP_ACTIVATIONS_BYTES, available_memory(torch.device("cpu")) // 4)
 
 
 def _load_model(checkpoint: Checkpoint, device: str):

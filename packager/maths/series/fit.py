@@ -139,7 +139,7 @@ def fit_weighted_orders(
     """`fit_weighted` at several orders at once: they share each interval candidate's Chebyshev moments.
 
     Channels are processed in blocks of `_CHANNEL_BLOCK` so the working arrays stay in cache, the blocks
-    spread over torch's intra-op threads (`_map_blocks`). Orders above `CHEBYSHEV_FIT_LIMIT` (Chebyshev
+    spread over torch's intra-op threads (`map_blocks`). Orders above `CHEBYSHEV_FIT_LIMIT` (Chebyshev
     basis): see `_beyond_limit`.
     """
     if basis == "chebyshev" and max(orders) > CHEBYSHEV_FIT_LIMIT:
@@ -151,7 +151,7 @@ def fit_weighted_orders(
                                                              histogram.hi[s : s + _CHANNEL_BLOCK],
                                                              histogram.counts[s : s + _CHANNEL_BLOCK]),
                                        orders, basis=basis, extrapolation=extrapolation, trims=trims, floor=floor)
-        blocks = _map_blocks(block, list(range(0, count, _CHANNEL_BLOCK)))
+        blocks = map_blocks(block, list(range(0, count, _CHANNEL_BLOCK)))
         return [_concat([block[k] for block in blocks]) for k in range(len(orders))]
     x = histogram.centres
     target = activation.value(x)
@@ -274,7 +274,7 @@ def fit_fine(activation: Activation, histogram: Histogram, order: int, *, extrap
     return _concat(parts)
 
 
-def _map_blocks(function, starts: list[int]) -> list:
+def map_blocks(function, starts: list[int]) -> list:
     """`function` over channel blocks: one block per thread, each thread running torch single-threaded.
 
     A block's arrays are small (about 1 MB), so torch's own intra-op threads split each of its ~100

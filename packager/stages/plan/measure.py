@@ -14,12 +14,12 @@ time. A measurement still, not the bytes model's estimate.
 from __future__ import annotations
 
 import dataclasses
-import os
 import types
 
 import torch
 from torch import nn
 
+from packager.devices import available_memory
 from packager.formats.checkpoint import Checkpoint
 from packager.maths.series.fit import ChannelFit
 from packager.maths.sizing import ReleaseSizer
@@ -173,20 +173,6 @@ ROOM_SHARE = 0.8
 
 class NoRoom(Exception):
     """A candidate's timing modules would not fit beside the model."""
-
-
-def available_memory(device: torch.device) -> int:
-    """Bytes that can still be allocated on `device` (CUDA: free memory; CPU: the kernel's MemAvailable)."""
-    if device.type == "cuda":
-        return int(torch.cuda.mem_get_info(device)[0])
-    try:
-        with open("/proc/meminfo") as handle:
-            for line in handle:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
 def timing_memory(model, sizer: ReleaseSizer, order: int, expanded: list[int] | None,
