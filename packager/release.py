@@ -238,7 +238,7 @@ def _convert(run: _Run) -> str:
             calibration_tokens=calibration.tokens, calibration_seed=calibration.seed,
             secret_file=run.secret.path if run.secret.origin != "env" else None, overwrite=True,
             progress=run.progress, recipient=fingerprint.get("recipient"), ledger=fingerprint.get("ledger"),
-            eval_tokens=run.eval_tokens)
+            eval_tokens=run.eval_tokens, budget=run.budget)
     update_record(run.out, inputs={**read_record(run.out)["inputs"], "release": run.inputs},
                   budget=run.budget.to_json())
     run.report.fields["secret_file"] = str(run.secret.path) if run.secret.path else None
@@ -252,7 +252,8 @@ def _eval(run: _Run) -> str:
     if read_record(run.out).get("eval") is None:
         run.say("eval")
         measured = evaluate(run.out, run.source, tokens=run.eval_tokens, device=default_device(),
-                            greedy_tokens=run.budget.greedy_tokens, progress=run.progress)
+                            greedy_tokens=run.budget.greedy_tokens, progress=run.progress,
+                            **({"seq_len": run.budget.sample_length} if run.budget.sample_length else {}))
         record_measurement(run.out, "eval", measured.to_json())
         state = "done"
     evaluation = read_record(run.out)["eval"]
@@ -284,9 +285,10 @@ def _audit(run: _Run) -> str:
     if read_record(run.out).get("audit") is not None:
         return "skipped (recorded)"
     run.say("audit")
-    learning = LearningBudget(steps=run.budget.learning_steps, tokens=run.budget.attacker_tokens)
+    learning = LearningBudget(steps=run.budget.learning_steps, tokens=run.budget.attacker_tokens,
+                              sample_length=run.budget.sample_length)
     record_measurement(run.out, "audit", audit(run.out, reference=run.source, learning=learning,
-                                               progress=run.progress).to_json())
+                                               timing_steps=run.budget.bench_steps, progress=run.progress).to_json())
     return "done"
 
 

@@ -36,7 +36,7 @@ from packager.cli.push import _exported
 @click.option("--max-kl", type=float, default=None, callback=checked,
               help="Stop before pushing (exit 1) if mean KL is above this.")
 @click.option("--eval-tokens", type=int, default=None, callback=checked,
-              help="Teacher-forced tokens of the fidelity eval. Default: 8192 (--budget quick: 2048).")
+              help="Teacher-forced tokens of the fidelity eval. Default: 8192 (--budget quick: 1024).")
 @click.option("--budget", type=click.Choice(["full", "quick"]), default="full", show_default=True,
               help="Size of every measurement: 'quick' previews the whole pipeline on smaller samples "
               "(calibration 4,096 tokens, eval 2,048, bench 8 steps, learning attack 60 steps); the record "

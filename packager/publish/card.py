@@ -234,6 +234,8 @@ def _budget(budget: dict[str, Any] | None) -> list[str]:
     sizes = (f"{number(budget.get('calibration_tokens'))} calibration tokens, {number(budget.get('eval_tokens'))} "
              f"eval tokens, {number(budget.get('bench_steps'))} timed decode steps per model, a learning attack of "
              f"{number(budget.get('learning_steps'))} steps")
+    if budget.get("sample_length"):
+        sizes += f", sampled text in sequences of {number(budget['sample_length'])} tokens"
     if budget["name"] == "quick":
         return [f"- Budget: quick ({sizes}): a preview of the pipeline on small samples; the figures above are "
                 "rougher than a full-size release's (`unswift release` without `--budget quick`)."]

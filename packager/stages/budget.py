@@ -24,6 +24,11 @@ class Budget:
     bench_steps: int  # timed decode steps per model and batch
     learning_steps: int  # Adam steps of the audit's learning attack
     attacker_tokens: int  # tokens of the attacker's own text the audit runs through the release
+    #: longest sequence of self-sampled text (None: each stage's own length, 256-512 tokens). Sampling on
+    #: a CPU costs per decode step, nearly whatever the batch: shorter sequences, more of them per batch.
+    sample_length: int | None = None
+    #: tokens of held-out text `--coverage auto` measures each candidate coverage on
+    selection_tokens: int = 2048
 
     def to_json(self) -> dict:
         """The record's `budget` section (docs/INTERFACE.md#budgets)."""
@@ -34,8 +39,8 @@ class Budget:
 BUDGETS: dict[str, Budget] = {
     "full": Budget("full", calibration_tokens=16384, eval_tokens=8192, greedy_tokens=64, bench_steps=20,
                    learning_steps=300, attacker_tokens=2048),
-    "quick": Budget("quick", calibration_tokens=4096, eval_tokens=2048, greedy_tokens=16, bench_steps=8,
-                    learning_steps=60, attacker_tokens=512),
+    "quick": Budget("quick", calibration_tokens=4096, eval_tokens=1024, greedy_tokens=16, bench_steps=8,
+                    learning_steps=60, attacker_tokens=256, sample_length=128, selection_tokens=1024),
 }
 DEFAULT_BUDGET = "full"
 

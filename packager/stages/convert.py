@@ -41,7 +41,8 @@ from packager.maths.transform import (
 )
 from packager.progress import Progress, reporter
 from packager.stages import plan as planning
-from packager.stages.calibrate import DEFAULT_TOKENS, check_calibration_options
+from packager.stages.budget import Budget
+from packager.stages.calibrate import DEFAULT_SEQ_LEN, DEFAULT_TOKENS, check_calibration_options
 from packager.stages.calibrate import calibrate as run_calibration
 from packager.stages.options import ConvertOptions
 from packager.stages.tensors import channel_groups_of, mlp_units, release_spec
@@ -233,12 +234,13 @@ def convert(
     options: ConvertOptions | None = None, calibration: str | Path | None = None,
     calibration_tokens: int | None = None, calibration_seed: int = 0, secret_file: str | Path | None = None,
     overwrite: bool = False, progress: Progress = None, recipient: str | None = None,
-    ledger: str | Path | None = None, eval_tokens: int | None = None,
+    ledger: str | Path | None = None, eval_tokens: int | None = None, budget: Budget | None = None,
 ) -> tuple[ConvertResult, Secret]:
     """Write an (unsigned) release folder: calibrate (unless `stats`), plan, convert.
 
     Options are validated and the output folder checked before calibration starts. Measured choices
-    (`--coverage auto`, `--slowdown`) are made by `packager.stages.plan.resolve`.
+    (`--coverage auto`, `--slowdown`) are made by `packager.stages.plan.resolve`. `budget` (`release
+    --budget`) sizes what they measure and caps the sequences of text sampled from the model.
 
     With `recipient`, the release is that recipient's fingerprinted copy (`packager.stages.fingerprint`):
     `secret_file` is then the publisher's secret (default: beside the ledger), the hardening secret is
@@ -254,6 +256,7 @@ def convert(
     """
     options = options or ConvertOptions()
     options.validate()
+    sample_length = budget.sample_length if budget is not None else None
     check_calibration_options(tokens=calibration_tokens, seed=calibration_seed)
     out = Path(out)
     check_output(out, overwrite=overwrite)
@@ -269,7 +272,7 @@ def convert(
         made, fingerprint, stats, model = _fingerprint(source, recipient=recipient, ledger=ledger,
                                                        secret_file=secret_file, stats=stats, calibration=calibration,
                                                        tokens=tokens, seed=calibration_seed, eval_tokens=eval_tokens,
-                                                       progress=progress)
+                                                       sample_length=sample_length, progress=progress)
         source, secret = made.checkpoint, made.hardening
     else:
         secret = resolve_secret(secret_file, out)
@@ -281,8 +284,8 @@ def convert(
         model = source.load_model(torch.float32)
     if stats is None:
         stats = run_calibration(source, text=calibration, tokens=tokens, seed=calibration_seed, progress=progress,
-                                model=model)
-    chosen = planning.resolve(source, model, stats, options, secret.value, progress=progress)
+                                model=model, seq_len=_calibration_length(calibration, sample_length))
+    chosen = planning.resolve(source, model, stats, options, secret.value, progress=progress, budget=budget)
     extra = {"coverage_trials": chosen.coverage_trials, "slowdown": chosen.slowdown}
     if fingerprint is not None:
         extra["fingerprint"] = fingerprint
@@ -296,8 +299,13 @@ def convert(
     return result, secret
 
 
+def _calibration_length(calibration: str | Path | None, sample_length: int | None) -> int:
+    """Calibration's sequence length: the budget's cap applies to text sampled from the model, not to a file."""
+    return DEFAULT_SEQ_LEN if calibration is not None or sample_length is None else sample_length
+
+
 def _fingerprint(source: Checkpoint, *, recipient: str, ledger, secret_file, stats, calibration, tokens: int,
-                 seed: int, eval_tokens: int | None, progress: Progress):
+                 seed: int, eval_tokens: int | None, sample_length: int | None, progress: Progress):
     """The fingerprinted source, its record section, the source's statistics, and the loaded model with the
     pattern added.
 
@@ -313,12 +321,14 @@ def _fingerprint(source: Checkpoint, *, recipient: str, ledger, secret_file, sta
     model = source.load_model(torch.float32)
     made, summary = fp.prepare(source, recipient=recipient, ledger=Path(ledger) if ledger else default_ledger(),
                                secret_file=secret_file, text_ids=lambda: fp.calibration_ids(
-                                   source, model, calibration, tokens, seed), seed=seed, progress=progress,
-                               model=model)
+                                   source, model, calibration, tokens, seed, seq_len=sample_length), seed=seed,
+                               progress=progress, model=model)
     if stats is None:
-        stats = run_calibration(source, text=calibration, tokens=tokens, seed=seed, progress=progress, model=model)
+        stats = run_calibration(source, text=calibration, tokens=tokens, seed=seed, progress=progress, model=model,
+                                seq_len=_calibration_length(calibration, sample_length))
     reporter(progress)("fingerprint: fidelity of the fingerprinted source against the source")
-    ids = fp.eval_ids(source, model, DEFAULT_EVAL_TOKENS if eval_tokens is None else eval_tokens)
+    ids = fp.eval_ids(source, model, DEFAULT_EVAL_TOKENS if eval_tokens is None else eval_tokens,
+                      seq_len=sample_length)
     fidelity = fp.source_fidelity(model, made.checkpoint.key, made.checkpoint.profile, ids)
     fp.add_pattern(model, made.checkpoint.key, made.checkpoint.profile, made.checkpoint.dims)
     return made, made.record(fidelity, summary), stats, model

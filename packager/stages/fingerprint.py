@@ -360,7 +360,8 @@ def _now() -> str:
 # -- text ------------------------------------------------------------------------------------------------
 
 
-def calibration_ids(checkpoint: Checkpoint, model, text: str | Path | None, tokens: int, seed: int) -> torch.Tensor:
+def calibration_ids(checkpoint: Checkpoint, model, text: str | Path | None, tokens: int, seed: int, *,
+                    seq_len: int | None = None) -> torch.Tensor:
     """The calibration text's token ids, as calibration reads or samples them (the same cache entry)."""
     from packager.stages.calibrate import DEFAULT_SEQ_LEN
     from packager.stages.text import load_text, sample_text
@@ -368,15 +369,17 @@ def calibration_ids(checkpoint: Checkpoint, model, text: str | Path | None, toke
     tokenizer = checkpoint.load_tokenizer()
     if text is not None:
         return load_text(text, tokenizer, tokens=tokens, seq_len=DEFAULT_SEQ_LEN).ids
-    return sample_text(model, tokenizer, kind="calibration", tokens=tokens, seq_len=DEFAULT_SEQ_LEN, seed=seed,
-                       cache_key=f"{source_digest(checkpoint)}/float32").ids
+    return sample_text(model, tokenizer, kind="calibration", tokens=tokens, seq_len=seq_len or DEFAULT_SEQ_LEN,
+                       seed=seed, cache_key=f"{source_digest(checkpoint)}/float32").ids
 
 
-def eval_ids(checkpoint: Checkpoint, model, tokens: int, seed: int = 0) -> torch.Tensor:
+def eval_ids(checkpoint: Checkpoint, model, tokens: int, seed: int = 0, *, seq_len: int | None = None
+             ) -> torch.Tensor:
     """Held-out text as `unswift eval` samples it by default (its cache entry, float32)."""
     from packager.stages.evaluate import DEFAULT_SEQ_LEN, EVAL_SEED_OFFSET
     from packager.stages.text import sample_text
 
-    return sample_text(model, checkpoint.load_tokenizer(), kind="eval", tokens=tokens, seq_len=DEFAULT_SEQ_LEN,
+    return sample_text(model, checkpoint.load_tokenizer(), kind="eval", tokens=tokens,
+                       seq_len=seq_len or DEFAULT_SEQ_LEN,
                        seed=seed + EVAL_SEED_OFFSET,
                        cache_key=f"{json.dumps(checkpoint.file_digests(), sort_keys=True)}/float32").ids

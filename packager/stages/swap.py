@@ -41,12 +41,17 @@ def install_release_mlps(model: nn.Module, adapter: Adapter, spec: dict,
     from packager.runtime.modeling_unswift import install_taylor_mlps, module_state
 
     config = types.SimpleNamespace(unswift=spec, hidden_size=model.config.hidden_size)
-    replaced = install_taylor_mlps(list(adapter.decoder_layers(model)), config)
+    with torch.device("meta"):  # no random init of weights the release's tensors replace (seconds per candidate)
+        replaced = install_taylor_mlps(list(adapter.decoder_layers(model)), config)
     state = module_state({name: tensor.float() for unit in layers.values() for name, tensor in unit.items()})
     missing = set(state) - set(model.state_dict())
     if missing:
         raise RuntimeError(f"release tensors without a module in the model: {sorted(missing)[:3]}")
     model.load_state_dict(state, strict=False, assign=True)
+    empty = [name for name, parameter in model.named_parameters() if parameter.is_meta]
+    if empty:
+        restore(replaced)
+        raise RuntimeError(f"release tensors missing for {empty[:3]}")
     model.to(next(iter(model.parameters())).device)
     return replaced
 

@@ -58,7 +58,7 @@ def audit(
     release_dir: str | Path, *, reference=None, secret_file: str | Path | None = None,
     max_recovered: float | None = None, attacks: Iterable[str] = ATTACK_NAMES,
     learning: LearningBudget | None = None, kerckhoffs_data: bool = False, progress: Progress = None,
-    export_rebuilt: str | Path | None = None, overwrite: bool = False,
+    export_rebuilt: str | Path | None = None, overwrite: bool = False, timing_steps: int | None = None,
 ) -> AuditReport:
     """Run the known attacks and the leak scan on a release.
 
@@ -78,6 +78,8 @@ def audit(
         export_rebuilt: write the model the strongest attack rebuilt (highest `rebuilt_top1` among the
             attacks that rebuild every unit) as a plain transformers checkpoint to this folder
             (`packager.stages.audit.export`); `overwrite` replaces an existing one.
+        timing_steps: decode steps per model the truncation attack times (default that of `unswift
+            bench`; `release` passes its budget's).
 
     Returns:
         The report (also attached to `CheckFailed.details` when the threshold is missed).
@@ -167,7 +169,7 @@ def audit(
     for name in attacks:
         say(f"attack {name}")
         if name == "truncation":
-            result = _run_truncation(release, bench, progress=progress)
+            result = _run_truncation(release, bench, steps=timing_steps, progress=progress)
             results.append(result)
             say(f"  truncation: Θ kept {result.extra['kept_fraction']:.3f}, effective slowdown "
                 f"{_fmt(result.extra['effective_slowdown'])}, top-1 {result.rebuilt_top1:.4f} vs the "
@@ -245,7 +247,7 @@ class _Bench:
     rebuilt: dict[int, RecoveredMLP] | None = None
 
 
-def _run_truncation(release: ReleaseFiles, bench: _Bench, *, progress: Progress) -> AttackResult:
+def _run_truncation(release: ReleaseFiles, bench: _Bench, *, steps: int | None, progress: Progress) -> AttackResult:
     """The truncation attack (`packager.stages.audit.truncation`) and its figures on held-out text."""
     from packager.stages.audit import truncation
     from packager.stages.audit.texts import attacker_text
@@ -253,7 +255,8 @@ def _run_truncation(release: ReleaseFiles, bench: _Bench, *, progress: Progress)
     from packager.stages.evaluate import compare_to_logits, reference_logits
 
     model = bench.model
-    ids = attacker_text(release, model, bench.budget.tokens)
+    ids = attacker_text(release, model, bench.budget.tokens, seq_len=bench.budget.sample_length,
+                        progress=reporter(progress))
     release_logits = reference_logits(model, bench.ids, batch_size=1)
 
     def check() -> tuple[bool, dict]:
@@ -272,7 +275,7 @@ def _run_truncation(release: ReleaseFiles, bench: _Bench, *, progress: Progress)
     figures = truncation.run(model, bench.units, lambda i: released_mlp(release, i), release.spec, ids, check=check,
                              rebuilt=bench.rebuilt,
                              activation=bench.activation, source=source, context=DEFAULT_CONTEXT,
-                             progress=progress)
+                             steps=steps or truncation.TIMING_STEPS, progress=progress)
     seconds = time.perf_counter() - start
     del source
     modules = figures.pop("_modules")
@@ -297,17 +300,21 @@ def _run_attack(name: str, release: ReleaseFiles, bench: _Bench, *, kerckhoffs_d
     attacked = bench.learning_units if name == "learning" else list(range(len(bench.units)))
     recovered: dict[int, RecoveredMLP] = {}
     start = time.perf_counter()
-    for i in attacked:
-        released = released_mlp(release, i)
-        if name == "coefficient_ratio":
-            recovered[i] = by_group(coefficient_ratio.recover, released)
-        elif name == "kerckhoffs":
-            inputs = bench.io[i][0] if kerckhoffs_data else None
-            recovered[i] = by_group(lambda view, x=inputs: kerckhoffs.recover(view, inputs=x), released)
-        else:
+    if name == "learning":  # seeded Adam steps: one unit after another, on torch's own threads
+        for i in attacked:
             x, y = bench.io[i]
-            recovered[i] = learning_attack.recover(released, x, y, steps=bench.budget.steps, lr=bench.budget.lr,
-                                                   seed=bench.budget.seed)
+            recovered[i] = learning_attack.recover(released_mlp(release, i), x, y, steps=bench.budget.steps,
+                                                   lr=bench.budget.lr, seed=bench.budget.seed)
+    else:  # algebra per unit, no randomness: units spread over the cores, as an attacker would run them
+        from packager.maths.series.fit import map_blocks
+
+        def attack(i: int) -> RecoveredMLP:
+            if name == "coefficient_ratio":
+                return by_group(coefficient_ratio.recover, released_mlp(release, i))
+            inputs = bench.io[i][0] if kerckhoffs_data else None
+            return by_group(lambda view: kerckhoffs.recover(view, inputs=inputs), released_mlp(release, i))
+
+        recovered = dict(zip(attacked, map_blocks(attack, attacked), strict=True))
     seconds = time.perf_counter() - start
     if name == "kerckhoffs":
         bench.rebuilt = recovered

@@ -21,6 +21,7 @@ class LearningBudget:
     layers: tuple[int, ...] | None = None  # MLP units attacked; None: the middle one
     lr: float = 3e-3
     seed: int = 0
+    sample_length: int | None = None  # caps the sequences the attacker samples from the release (None: 256)
 
     def validate(self) -> None:
         """Raise UsageError for a budget out of range (`--learning-steps`, `--attacker-tokens`, units)."""

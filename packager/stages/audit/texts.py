@@ -56,13 +56,26 @@ def attacker_ids(release: ReleaseFiles, model, tokens: int) -> tuple[torch.Tenso
 
 
 @torch.no_grad()
-def attacker_text(release: ReleaseFiles, model, tokens: int) -> torch.Tensor:
-    """Text the attacker samples from the release it holds (greedy prompt set, its own seed, sequences of
-    `TRUNCATION_SEQ_LEN`): as many tokens as asked, unlike the built-in prompts alone (a few hundred)."""
-    from packager.stages.text import sample_text
+def attacker_text(release: ReleaseFiles, model, tokens: int, *, seq_len: int | None = None,
+                  progress=None) -> torch.Tensor:
+    """The text the truncation attacker measures its truncations on: `tokens` tokens of its own.
 
-    return sample_text(model, _tokenizer(release), kind="greedy", tokens=tokens, seq_len=TRUNCATION_SEQ_LEN,
-                       seed=ATTACKER_SEED).ids
+    The public prompt sets (as `attacker_ids`) when they hold that many; beyond them (the full budget
+    asks for 2,048), text it samples from the release it holds (greedy prompt set, its own seed,
+    sequences of `TRUNCATION_SEQ_LEN`, or `seq_len` when shorter).
+    """
+    from packager.stages.text import builtin_prompts, sample_text
+
+    tokenizer = _tokenizer(release)
+    if tokenizer is not None:
+        public = _prompt_ids(tokenizer, builtin_prompts("calibration") + builtin_prompts("greedy"), tokens)
+        if public.numel() >= tokens:
+            return public
+    length = min(TRUNCATION_SEQ_LEN, seq_len or TRUNCATION_SEQ_LEN)
+    if progress is not None:
+        progress(f"  truncation: sampling {tokens} tokens of the attacker's text from the release")
+    return sample_text(model, tokenizer, kind="greedy", tokens=tokens, seq_len=length,
+                       seed=ATTACKER_SEED, progress=progress).ids
 
 
 def _prompt_ids(tokenizer, prompts: list[str], tokens: int) -> torch.Tensor:

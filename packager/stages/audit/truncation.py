@@ -280,7 +280,8 @@ def truncated_modules(model, released: list[ReleasedMLP], spec: dict, truncation
                 "order": max([g["order"] for e in layers for g in e["groups"]] or [0])}
     config = types.SimpleNamespace(unswift=new_spec, hidden_size=int(released[0].theta.shape[0]))
     for index, out in enumerate(tensors):
-        module = TaylorMLP(config, index)
+        with torch.device("meta"):  # every parameter comes from `out`: no random init to throw away
+            module = TaylorMLP(config, index)
         state = module_state(out)
         module.load_state_dict(state, strict=True, assign=True)
         modules.append(module.to(parameter.device).eval())
@@ -359,21 +360,25 @@ def light(mlp: ReleasedMLP) -> tuple[ReleasedMLP, arithmetic.Factors]:
 
 def run(model, units: list[str], load, spec: dict, ids: torch.Tensor, *, check=None,
         rebuilt: dict[int, RecoveredMLP] | None = None, activation=None, source=None, context: int,
-        progress: Progress = None) -> dict:
-    """The attack end to end: search, build the truncated units, time them; the audit's JSON fields.
+        steps: int = TIMING_STEPS, progress: Progress = None) -> dict:
+    """The attack end to end: search, build the truncated units, time them (`steps` decode steps per
+    model); the audit's JSON fields.
 
-    `load(i)` gives unit i as released (read when needed, so only one unit's Θ is in float64 at a time).
+    `load(i)` gives unit i as released; each is read once (the truncated units are built from the same
+    tensors the search factored).
     """
     say = reporter(progress)
     start = time.perf_counter()
     dtype = spec.get("dtype", "float32")
-    parts = [light(load(i)) for i in range(len(units))]
+    loaded = [load(i) for i in range(len(units))]
+    parts = [light(mlp) for mlp in loaded]
     released, factors = [p[0] for p in parts], [p[1] for p in parts]
     attacker = Attacker(model, units, released, ids, dtype=dtype, factors=factors)
     truncation = attacker.search(check=check, progress=progress)
     del attacker
     seconds = time.perf_counter() - start
-    modules, kept, shipped = truncated_modules(model, [load(i) for i in range(len(units))], spec, truncation)
+    modules, kept, shipped = truncated_modules(model, loaded, spec, truncation)
+    del loaded
     rebuild_modules = None
     if rebuilt is not None and len(rebuilt) == len(units):
         parameter = next(model.parameters())
@@ -383,7 +388,7 @@ def run(model, units: list[str], load, spec: dict, ids: torch.Tensor, *, check=N
     timing = None
     if source is not None or rebuild_modules is not None:
         timing = time_slowdowns(model, units, {"release": None, "truncated": modules, "rebuild": rebuild_modules},
-                                source=source, context=context)
+                                source=source, context=context, steps=steps)
     keeps = torch.cat([k for k in truncation.keep if k.numel()] or [torch.zeros(0, dtype=torch.long)])
     quantiles = ({str(q): int(torch.quantile(keeps.double(), q)) for q in (0.1, 0.5, 0.9, 1.0)}
                  if keeps.numel() else {})

@@ -19,6 +19,7 @@ from packager.formats.checkpoint import Checkpoint
 from packager.formats.stats import Stats
 from packager.maths.transform import LayerPlan, select_channels
 from packager.progress import Progress, reporter
+from packager.stages.budget import Budget
 from packager.stages.options import ConvertOptions
 
 __all__ = ["Plan", "resolve"]
@@ -39,7 +40,7 @@ class Plan:
 
 
 def resolve(checkpoint: Checkpoint, model, stats: Stats, options: ConvertOptions, secret: bytes, *,
-            progress: Progress = None) -> Plan:
+            progress: Progress = None, budget: Budget | None = None) -> Plan:
     """Decide everything the options leave open: `--slowdown`, then `--coverage auto`, then the channels.
 
     Args:
@@ -48,6 +49,7 @@ def resolve(checkpoint: Checkpoint, model, stats: Stats, options: ConvertOptions
         stats: its calibration.
         options: validated convert options.
         secret: the hardening secret (measured candidates are built exactly as they will be written).
+        budget: sizes `--coverage auto`'s held-out text (`packager.stages.budget`; None: full size).
     """
     from packager.stages.plan.coverage import choose_coverage
     from packager.stages.plan.fits import plan_layers
@@ -62,6 +64,7 @@ def resolve(checkpoint: Checkpoint, model, stats: Stats, options: ConvertOptions
     trials: list[dict] = []
     coverage = options.coverage
     if coverage is None:
-        coverage, trials = choose_coverage(checkpoint, model, plans, stats, options, secret, progress=progress)
+        coverage, trials = choose_coverage(checkpoint, model, plans, stats, options, secret, progress=progress,
+                                           budget=budget)
     masks = select_channels(plans, coverage, options.fit)
     return Plan(options, plans, masks, trials, slowdown)
