@@ -246,14 +246,14 @@ def _convert(run: _Run) -> str:
 
 
 def _eval(run: _Run) -> str:
-    from packager.stages.evaluate import evaluate, threshold_misses
+    from packager.stages.evaluate import DEFAULT_SEQ_LEN, evaluate, threshold_misses
 
     state = "skipped (recorded)"
     if read_record(run.out).get("eval") is None:
         run.say("eval")
         measured = evaluate(run.out, run.source, tokens=run.eval_tokens, device=default_device(),
                             greedy_tokens=run.budget.greedy_tokens, progress=run.progress,
-                            **({"seq_len": run.budget.sample_length} if run.budget.sample_length else {}))
+                            seq_len=run.budget.sample_length or DEFAULT_SEQ_LEN)
         record_measurement(run.out, "eval", measured.to_json())
         state = "done"
     evaluation = read_record(run.out)["eval"]

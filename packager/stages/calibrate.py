@@ -26,6 +26,7 @@ from packager.limits import check
 from packager.maths.statistics import LayerStats
 from packager.progress import Progress, reporter
 from packager.stages.text import TokenText, load_text, sample_text
+from packager.threads import map_blocks
 
 DEFAULT_TOKENS = 16384
 DEFAULT_SEQ_LEN = 512
@@ -218,8 +219,6 @@ def gather(checkpoint: Checkpoint, token_text: TokenText, *, model=None, device:
             check_seen(range(len(units)))
             if kept is not None:  # the histograms from what pass 1 saw: the same values, no second forward
                 say("calibration histograms (from pass 1's activations), held-out range check")
-                from packager.maths.series.fit import map_blocks
-
                 def unit_histogram(index: int) -> None:  # counts are exact integers: any order adds up the same
                     histogram(index, torch.cat(kept[index]))
                     kept[index] = []

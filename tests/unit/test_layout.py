@@ -1,8 +1,8 @@
 """The package's layout as rules that can fail: no import cycles, data flowing down the layers, a thin CLI.
 
 Layers, bottom to top (README "Layout"): the leaves (`errors`, `progress`, `dtypes`, `devices`, `limits`,
-`units`, and the shipped `runtime/`, which imports nothing of ours), `maths`, `formats`, `stages`, `publish`, then
-`release` and `api`, then `cli`. A module may import its own layer and the layers below; `cli` imports
+`units`, `threads`, and the shipped `runtime/`, which imports nothing of ours), `maths`, `formats`, `stages`,
+`publish`, then `release` and `api`, then `cli`. A module may import its own layer and the layers below; `cli` imports
 only the facade `packager.api` (and `packager` for the version). Every import counts, also one inside a
 function: a lazy import is still a dependency.
 """
@@ -16,7 +16,7 @@ PACKAGE = Path(__file__).resolve().parents[2] / "packager"
 
 #: Top-level parts of `packager`, by layer (a part is a subpackage or a top-level module).
 LAYERS = [
-    {"__init__", "errors", "progress", "dtypes", "devices", "limits", "units", "runtime"},
+    {"__init__", "errors", "progress", "dtypes", "devices", "limits", "units", "threads", "runtime"},
     {"maths"},
     {"formats"},
     {"stages"},

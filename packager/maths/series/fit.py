@@ -16,6 +16,7 @@ import torch
 
 from packager.maths.series import bases
 from packager.maths.series.activations import Activation
+from packager.threads import map_blocks
 
 #: Candidate tail masses trimmed from each side when choosing a channel's fitted interval.
 TRIM_CANDIDATES = (0.0, 1e-4, 1e-3, 1e-2)
@@ -139,7 +140,7 @@ def fit_weighted_orders(
     """`fit_weighted` at several orders at once: they share each interval candidate's Chebyshev moments.
 
     Channels are processed in blocks of `_CHANNEL_BLOCK` so the working arrays stay in cache, the blocks
-    spread over torch's intra-op threads (`map_blocks`). Orders above `CHEBYSHEV_FIT_LIMIT` (Chebyshev
+    spread over the cores (`packager.threads.map_blocks`). Orders above `CHEBYSHEV_FIT_LIMIT` (Chebyshev
     basis): see `_beyond_limit`.
     """
     if basis == "chebyshev" and max(orders) > CHEBYSHEV_FIT_LIMIT:
@@ -272,31 +273,6 @@ def fit_fine(activation: Activation, histogram: Histogram, order: int, *, extrap
         return ChannelFit(empty, empty, torch.zeros(0, order + 1, dtype=torch.float64), empty, "chebyshev",
                           extrapolation)
     return _concat(parts)
-
-
-def map_blocks(function, starts: list[int]) -> list:
-    """`function` over channel blocks: one block per thread, each thread running torch single-threaded.
-
-    A block's arrays are small (about 1 MB), so torch's own intra-op threads split each of its ~100
-    kernels per interval candidate finely and wait at every kernel's end: on the 2-core VM one layer
-    of the 4.4 GB synthetic checkpoint (5,632 channels, orders 8, 7 and 16) took 2.4-3.0 s on one thread
-    and 18-21 s on two while other jobs held a core. Whole blocks per thread (torch releases the GIL
-    in its kernels) use the cores without those waits; every block's arithmetic is exactly the
-    single-threaded one, so the fits are bit for bit the same whatever the thread count
-    (tests/unit/maths/test_series.py).
-    """
-    workers = min(torch.get_num_threads(), len(starts))
-    if workers <= 1:
-        return [function(start) for start in starts]
-    from concurrent.futures import ThreadPoolExecutor
-
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with ThreadPoolExecutor(workers, thread_name_prefix="unswift-fit") as pool:
-            return list(pool.map(function, starts))
-    finally:
-        torch.set_num_threads(previous)
 
 
 def _concat(fits: list[ChannelFit]) -> ChannelFit:

@@ -37,6 +37,7 @@ from packager.stages.audit.rebuild import rebuilt_top1
 from packager.stages.audit.report import AttackResult, AuditReport, LearningBudget
 from packager.stages.audit.scoring import Tally, expanded_source_channels, score_unit
 from packager.stages.audit.texts import attacker_ids, capture_io, heldout_ids
+from packager.threads import map_blocks
 
 
 def released_mlp(release: ReleaseFiles, index: int) -> ReleasedMLP:
@@ -306,8 +307,6 @@ def _run_attack(name: str, release: ReleaseFiles, bench: _Bench, *, kerckhoffs_d
             recovered[i] = learning_attack.recover(released_mlp(release, i), x, y, steps=bench.budget.steps,
                                                    lr=bench.budget.lr, seed=bench.budget.seed)
     else:  # algebra per unit, no randomness: units spread over the cores, as an attacker would run them
-        from packager.maths.series.fit import map_blocks
-
         def attack(i: int) -> RecoveredMLP:
             if name == "coefficient_ratio":
                 return by_group(coefficient_ratio.recover, released_mlp(release, i))
